@@ -1,0 +1,1 @@
+"""Entry points that run as Ray jobs (`python -m jobs.<name>`)."""

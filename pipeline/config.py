@@ -1,0 +1,201 @@
+"""Run configuration: YAML files in configs/, validated, with `--set a.b=value` overrides.
+
+Unknown keys and wrong types are errors. Relative model paths resolve against the
+folder of the config file that names them, so a config can travel with its models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import FervidError
+
+
+@dataclass
+class SamplingConfig:
+    fps: float | None = 5.0  # frames per second of video, by decoder timestamps
+    every_n_frames: int | None = None  # the alternative: every Nth decoded frame
+    segment_s: float = 10.0  # length of the work unit one worker takes
+
+
+@dataclass
+class DetectorConfig:
+    model: str = "buffalo_l"  # InsightFace pack name, or a path to an SCRFD .onnx
+    det_size: int = 640  # detector input side, a multiple of 32
+    threshold: float = 0.5
+    min_face_px: int = 0  # faces whose shorter box side is below this are dropped
+    max_faces: int = 0  # per frame, largest first; 0 keeps all
+    threads: int = 1  # ONNX Runtime threads per detector actor
+    actors: int = 0  # decode+detect+crop actors; 0 means one per CPU left over
+    device: str = "auto"  # auto, cpu or cuda
+
+
+@dataclass
+class CropConfig:
+    margin: float = 0.2  # extra side length around the face box, as a fraction of it
+
+
+@dataclass
+class ClassifierConfig:
+    model: str = "trpakov/vit-face-expression"  # Hugging Face hub id or local directory
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    batch_size: int = 32
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
+    device: str = "auto"  # auto, cpu or cuda
+    actors: int = 1
+    num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
+    num_cpus: float = 1.0  # per actor
+    threads: int = 0  # torch threads per actor; 0 means num_cpus
+
+
+@dataclass
+class Config:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes results; not paths to the same weights, not resources."""
+        from pipeline.models import model_revision
+
+        d, c = self.detector, self.classifier
+        key = {
+            "sampling": {"fps": self.sampling.fps, "every_n_frames": self.sampling.every_n_frames},
+            "detector": {
+                "model": model_revision(d.model, kind="detector"),
+                "det_size": d.det_size,
+                "threshold": d.threshold,
+                "min_face_px": d.min_face_px,
+                "max_faces": d.max_faces,
+            },
+            "crop": dataclasses.asdict(self.crop),
+            "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
+                           "dtype": c.dtype},
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (defaults when None), apply `a.b=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FervidError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise FervidError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise FervidError(f"config {path} must be a mapping of sections")
+        base = path.resolve().parent
+    config = _build(Config, raw, "")
+    _resolve_model_paths(config, base)
+    for item in overrides or []:
+        _apply_override(config, item)
+    _check(config)
+    return config
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise FervidError(f"config section '{where or 'top'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise FervidError(f"unknown config key '{_join(where, unknown[0])}' (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = _join(where, name)
+        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _coerce(hint, value, key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check one scalar against its type hint; ints are accepted where floats are expected."""
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise FervidError(f"config key '{key}' must be {names}, got {value!r}")
+
+
+def _apply_override(config: Config, item: str) -> None:
+    if "=" not in item:
+        raise FervidError(f"--set takes key=value, got '{item}'")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2:
+        raise FervidError(f"--set key must be section.name, got '{key}'")
+    section_name, name = parts
+    section = getattr(config, section_name, None)
+    if not dataclasses.is_dataclass(section):
+        raise FervidError(f"unknown config section '{section_name}' in --set {item}")
+    value = yaml.safe_load(text) if text.strip() else None
+    rebuilt = _build(type(section), {**dataclasses.asdict(section), name: value}, section_name)
+    setattr(config, section_name, rebuilt)
+
+
+def _resolve_model_paths(config: Config, base: Path) -> None:
+    """A model named by a relative path that exists beside the config file becomes absolute."""
+    for section in (config.detector, config.classifier):
+        candidate = base / section.model
+        if not Path(section.model).is_absolute() and (candidate.exists() or section.model.startswith(".")):
+            section.model = str(candidate.resolve())
+
+
+def _check(config: Config) -> None:
+    s, d, c = config.sampling, config.detector, config.classifier
+    if (s.fps is None) == (s.every_n_frames is None):
+        raise FervidError("set exactly one of sampling.fps and sampling.every_n_frames (the other to null)")
+    if s.fps is not None and s.fps <= 0:
+        raise FervidError("sampling.fps must be positive")
+    if s.every_n_frames is not None and s.every_n_frames < 1:
+        raise FervidError("sampling.every_n_frames must be at least 1")
+    if s.segment_s <= 0:
+        raise FervidError("sampling.segment_s must be positive")
+    if d.det_size <= 0 or d.det_size % 32:
+        raise FervidError("detector.det_size must be a positive multiple of 32")
+    if not 0 < d.threshold < 1:
+        raise FervidError("detector.threshold must be between 0 and 1")
+    for key, value in (("detector.min_face_px", d.min_face_px), ("detector.max_faces", d.max_faces),
+                       ("detector.actors", d.actors), ("classifier.threads", c.threads)):
+        if value < 0:
+            raise FervidError(f"{key} must not be negative")
+    if d.threads < 1 or c.actors < 1 or c.batch_size < 1:
+        raise FervidError("detector.threads, classifier.actors and classifier.batch_size must be at least 1")
+    if config.crop.margin < 0:
+        raise FervidError("crop.margin must not be negative")
+    if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise FervidError("classifier.dtype must be auto, float32, bfloat16 or float16")
+    for key, value in (("detector.device", d.device), ("classifier.device", c.device)):
+        if value not in ("auto", "cpu", "cuda"):
+            raise FervidError(f"{key} must be auto, cpu or cuda")
+    if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0:
+        raise FervidError("classifier.num_gpus and classifier.num_cpus must not be negative")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

@@ -1,0 +1,136 @@
+"""Decoding: probe a video, pick sampled frames by time, read them (decord, with PyAV as fallback).
+
+Frame indices and timestamps come from the decoder that will read the frames, so a
+sampled frame's index and pts_s always describe the pixels that were analysed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import FervidError
+
+READ_CHUNK = 16  # frames decoded at once: bounds memory on large frames
+
+
+@dataclass
+class VideoInfo:
+    """What probing a video tells: enough to plan its segments."""
+
+    decoder: str  # "decord" or "pyav"
+    frame_count: int
+    fps: float
+    duration_s: float
+    width: int  # as displayed, after rotation
+    height: int
+    rotation: int  # clockwise degrees applied to decoded frames to show them upright
+    pts_s: np.ndarray  # float64 presentation time of every frame, in index order
+
+
+def probe(path: str) -> VideoInfo:
+    """Open with decord; fall back to PyAV when decord can't. Raises FervidError for non-videos."""
+    try:
+        rotation, size = _display_geometry(path)
+    except Exception as e:
+        raise FervidError(f"not a readable video: {_reason(e)}") from None
+    try:
+        decoder, pts = "decord", _decord_timestamps(path)
+    except Exception:
+        try:
+            decoder, pts = "pyav", _pyav_timestamps(path)
+        except Exception as e:
+            raise FervidError(f"no decoder could read the video: {_reason(e)}") from None
+    if len(pts) == 0:
+        raise FervidError("the file has no video frames")
+    span = float(pts[-1] - pts[0])
+    fps = (len(pts) - 1) / span if span > 0 else 0.0
+    duration = span + (1.0 / fps if fps else 0.0)
+    width, height = size if rotation % 180 == 0 else size[::-1]
+    return VideoInfo(decoder, len(pts), fps, duration, width, height, rotation, pts)
+
+
+def sample_indices(pts_s: np.ndarray, fps: float | None = None, every_n_frames: int | None = None) -> np.ndarray:
+    """Indices of the frames to analyse: the first frame at or after each 1/fps tick, or every Nth."""
+    if every_n_frames:
+        return np.arange(0, len(pts_s), every_n_frames, dtype=np.int64)
+    if len(pts_s) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ticks = np.floor((pts_s - pts_s[0]) * fps + 1e-3)
+    ticks = np.maximum.accumulate(ticks)
+    keep = np.concatenate([[True], np.diff(ticks) > 0])
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time."""
+    reader = _read_decord if decoder == "decord" else _read_pyav
+    turns = (-rotation // 90) % 4  # np.rot90 turns counter-clockwise
+    for index, frame in reader(path, list(indices)):
+        yield index, np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
+
+
+def _decord_timestamps(path: str) -> np.ndarray:
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=1)
+    n = len(reader)
+    return reader.get_frame_timestamp(range(n))[:, 0].astype(np.float64) if n else np.zeros(0)
+
+
+def _pyav_timestamps(path: str) -> np.ndarray:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        return np.asarray(pts, dtype=np.float64) * float(stream.time_base)
+
+
+def _display_geometry(path: str) -> tuple[int, tuple[int, int]]:
+    """Rotation (clockwise degrees) and coded (width, height) of the first video stream."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise FervidError("no video stream (audio only?)")
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise FervidError("no frame could be decoded")
+        return int(round(-(frame.rotation or 0))) % 360, (frame.width, frame.height)
+
+
+def _read_decord(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=1)  # one reader per segment: decord leaks over long use
+    for start in range(0, len(indices), READ_CHUNK):
+        chunk = indices[start:start + READ_CHUNK]
+        frames = reader.get_batch(chunk).asnumpy()
+        yield from zip(chunk, frames)
+
+
+def _read_pyav(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        all_pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+        wanted = {all_pts[i]: i for i in indices}
+        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
+        last = max(wanted)
+        for frame in container.decode(stream):
+            if frame.pts in wanted:
+                yield wanted.pop(frame.pts), frame.to_ndarray(format="rgb24")
+            if frame.pts is not None and frame.pts >= last or not wanted:
+                break
+    if wanted:
+        raise FervidError(f"{len(wanted)} sampled frames could not be decoded")
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

@@ -1,0 +1,61 @@
+"""Face detection with InsightFace's SCRFD, one frame at a time, boxes in source pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame, as columns: one row per face, largest face first."""
+
+    xyxy: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in frame pixels
+    confidence: np.ndarray  # (N,) float32 detector score
+    landmarks: np.ndarray  # (N, 5, 2) float32: eyes, nose, mouth corners
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime's CUDA provider where asked for or available, else CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class FaceDetector:
+    """SCRFD from an .onnx file; `detect` takes an RGB frame and returns its faces."""
+
+    def __init__(self, model_path: str, det_size: int = 640, threshold: float = 0.5, min_face_px: int = 0,
+                 max_faces: int = 0, threads: int = 1, device: str = "auto") -> None:
+        import insightface
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.model = insightface.model_zoo.get_model(
+            str(model_path), providers=onnx_providers(device), sess_options=options)
+        self.model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+        self.det_size = det_size
+        self.min_face_px = min_face_px
+        self.max_faces = max_faces
+
+    def detect(self, frame_rgb: np.ndarray) -> Detections:
+        boxes, keypoints = self.model.detect(np.ascontiguousarray(frame_rgb[..., ::-1]),  # SCRFD expects BGR
+                                             input_size=(self.det_size, self.det_size))
+        xyxy = boxes[:, :4].astype(np.float32)
+        score = boxes[:, 4].astype(np.float32)
+        landmarks = (keypoints if keypoints is not None else np.zeros((len(boxes), 5, 2))).astype(np.float32)
+        side = np.minimum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
+        order = np.argsort(-(xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), kind="stable")
+        order = order[side[order] >= self.min_face_px]
+        if self.max_faces:
+            order = order[:self.max_faces]
+        return Detections(xyxy[order], score[order], landmarks[order])

@@ -1,0 +1,83 @@
+"""The only module that knows Ray: connecting, probing in isolated tasks, and the Ray Data graph.
+
+    from_items(segments) -> map_batches(DecodeDetectCrop, CPU actors)
+                         -> map_batches(Classify, GPU/CPU actors) -> driver
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from pipeline.config import Config
+from pipeline.decode import VideoInfo, probe
+from pipeline.models import ClassifierSpec
+from pipeline.stages import Classify, DecodeDetectCrop
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at address (or RAY_ADDRESS); otherwise start Ray inside this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
+    """Probe every video in its own Ray task, so a decoder crash costs one video, not the run."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=1)(probe)
+    pending = {task.remote(path): path for path in paths}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        path = pending.pop(ready[0])
+        try:
+            yield path, ray.get(ready[0])
+        except ray.exceptions.RayTaskError as e:
+            yield path, e.cause if isinstance(e.cause, Exception) else e
+        except Exception as e:  # the worker died: a crash inside the decoder
+            yield path, RuntimeError(f"the decoder crashed ({type(e).__name__})")
+
+
+def stream_scores(segments: list[dict], config: Config, detector_path: str,
+                  spec: ClassifierSpec) -> Iterator[pa.Table]:
+    """Run the two stages over the segments; yield scored rows as they come out, in any order."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    d, c = config.detector, config.classifier
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
+    cpus_left = resources.get("CPU", 1) - c.actors * c.num_cpus
+    extract_actors = d.actors or max(1, int(cpus_left))
+    detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
+                "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads, "device": d.device}
+    classifier = {"model": spec.source, "revision": c.revision, "device": c.device, "dtype": c.dtype,
+                  "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
+    ds = ray.data.from_items(segments, override_num_blocks=max(1, len(segments)))
+    ds = ds.map_batches(
+        DecodeDetectCrop, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
+                                                 "crop_size": spec.input_size},
+        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=d.threads)
+    ds = ds.map_batches(
+        Classify, fn_constructor_kwargs={"classifier": classifier},
+        batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),
+        num_cpus=c.num_cpus, num_gpus=num_gpus)
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

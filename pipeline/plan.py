@@ -1,0 +1,68 @@
+"""Planning on the driver: find the videos, identify them by content, cut them into segments."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import SamplingConfig
+from pipeline.decode import VideoInfo, sample_indices
+from pipeline.errors import FervidError
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+
+
+@dataclass
+class VideoFile:
+    path: Path
+    size_bytes: int
+
+
+def discover(root: str | Path) -> list[VideoFile]:
+    """Every video file under root, recursively, in path order. Folder links are followed once."""
+    root = Path(root)
+    if not root.exists():
+        raise FervidError(f"input folder not found: {root}")
+    if root.is_file():
+        candidates = [root]
+    else:
+        candidates = []
+        seen: set[tuple[int, int]] = set()
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:  # a link loop, or a folder reached twice
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs.sort()
+            candidates += [Path(folder) / name for name in sorted(files)]
+    videos = []
+    for path in candidates:
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            try:
+                size = path.stat().st_size
+            except OSError:  # a dangling link: still listed, so the run records why it failed
+                size = 0
+            videos.append(VideoFile(path, size))
+    if not videos:
+        exts = " ".join(sorted(VIDEO_EXTENSIONS))
+        raise FervidError(f"no videos ({exts}) found under {root}")
+    return videos
+
+
+def plan_segments(video_id: str, path: str, info: VideoInfo, sampling: SamplingConfig) -> list[dict]:
+    """Split a video's sampled frames into segments of about sampling.segment_s seconds each."""
+    indices = sample_indices(info.pts_s, sampling.fps, sampling.every_n_frames)
+    pts = info.pts_s[indices]
+    bucket = np.floor((pts - info.pts_s[0]) / sampling.segment_s).astype(np.int64)
+    segments = []
+    for k, b in enumerate(np.unique(bucket)):
+        mask = bucket == b
+        segments.append({
+            "video_id": video_id, "path": path, "decoder": info.decoder, "rotation": info.rotation,
+            "segment_index": k, "frame_index": indices[mask].tolist(), "pts_s": pts[mask].tolist(),
+        })
+    return segments

@@ -1,0 +1,154 @@
+"""The results folder: Parquet tables written atomically, run records, and the lock.
+
+    faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet
+    videos/<run>.parquet                runs/<run>.json
+
+A video's files are complete before its record lands in videos/; the record is the commit.
+Superseded files of a video are removed only after the new record is in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import FervidError
+
+VIDEOS_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
+    ("duration_s", pa.float64()), ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
+    ("rotation", pa.int16()), ("frame_count", pa.int64()), ("sampled_frames", pa.int64()),
+    ("faces", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("decoder", pa.string()),
+    ("config_fingerprint", pa.string()), ("detector", pa.string()), ("detector_revision", pa.string()),
+    ("classifier", pa.string()), ("classifier_revision", pa.string()),
+    ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ("run_id", pa.string()),
+])
+
+FRAMES_SCHEMA = pa.schema([
+    ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_count", pa.int16()), ("run_id", pa.string()),
+])
+
+FACE_COLUMNS = ["frame_index", "pts_s", "face_index", "track_id", "x1", "y1", "x2", "y2", "det_score", "landmarks"]
+
+
+def faces_table(rows: pa.Table, labels: list[str], run_id: str) -> pa.Table:
+    """Stage face rows of one video -> the `faces` table: sorted, argmax label, confidence."""
+    rows = rows.sort_by([("frame_index", "ascending"), ("face_index", "ascending")])
+    scores = [f"p_{label}" for label in labels]
+    probs = np.column_stack([rows.column(c).to_numpy() for c in scores]) if len(rows) else np.zeros((0, len(labels)))
+    best = probs.argmax(axis=1)
+    columns = {
+        "frame_index": rows.column("frame_index"), "pts_s": rows.column("pts_s"),
+        "face_index": rows.column("face_index"), "track_id": pa.nulls(len(rows), pa.int32()),
+        **{c: rows.column(c) for c in ("x1", "y1", "x2", "y2", "det_score")},
+        "landmarks": rows.column("landmarks").cast(pa.list_(pa.float32())),
+        **{c: rows.column(c) for c in scores},
+        "emotion": pa.array(np.asarray(labels, dtype=object)[best] if len(rows) else [], pa.string()),
+        "confidence": pa.array(probs[np.arange(len(rows)), best], pa.float32()),
+        "run_id": pa.array([run_id] * len(rows), pa.string()),
+    }
+    return pa.table(columns)
+
+
+def frames_table(segments: list[dict], run_id: str) -> pa.Table:
+    """Closing rows of one video's segments -> the `frames` table, one row per sampled frame."""
+    segments = sorted(segments, key=lambda s: s["segment_index"])
+    index = [i for s in segments for i in s["frames_index"]]
+    return pa.table({
+        "frame_index": pa.array(index, pa.int32()),
+        "pts_s": pa.array([t for s in segments for t in s["frames_pts_s"]], pa.float64()),
+        "face_count": pa.array([c for s in segments for c in s["frames_face_count"]], pa.int16()),
+        "run_id": pa.array([run_id] * len(index), pa.string()),
+    }, schema=FRAMES_SCHEMA)
+
+
+class ResultsStore:
+    """Reads and writes one RESULTS folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            for sub in ("faces", "frames", "videos", "runs"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise FervidError(f"output folder {self.root} is not writable ({e.strerror}); choose another --out") from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer at a time: a second run on the same folder refuses instead of interleaving."""
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise FervidError(f"{self.root} is in use by another fervid run ({holder}); "
+                                  "wait for it to finish or choose another --out") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def latest_records(self) -> pa.Table:
+        """Per video, its latest record that was not a skip."""
+        files = sorted((self.root / "videos").glob("*.parquet"))
+        if not files:
+            return VIDEOS_SCHEMA.empty_table()
+        table = pa.concat_tables([pq.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
+        table = table.filter(pc.not_equal(table["status"], "skipped"))
+        table = table.sort_by([("video_id", "ascending"), ("finished_at", "descending")])
+        ids = table.column("video_id").to_numpy(zero_copy_only=False)
+        first = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
+        return table.filter(pa.array(first))
+
+    def done(self, fingerprint: str) -> set[str]:
+        """Video ids whose latest run is ok with this config fingerprint."""
+        latest = self.latest_records()
+        mask = pc.and_(pc.equal(latest["status"], "ok"), pc.equal(latest["config_fingerprint"], fingerprint))
+        return set(latest.filter(mask).column("video_id").to_pylist())
+
+    def write_video(self, video_id: str, run_id: str, faces: pa.Table, frames: pa.Table) -> None:
+        for name, table in (("faces", faces), ("frames", frames)):
+            _write_atomic(table, self.root / name / f"video_id={video_id}" / f"{run_id}.parquet")
+
+    def write_records(self, run_id: str, records: list[dict]) -> None:
+        """This run's video records so far: the whole file is replaced, never appended to."""
+        _write_atomic(pa.Table.from_pylist(records, schema=VIDEOS_SCHEMA), self.root / "videos" / f"{run_id}.parquet")
+
+    def drop_superseded(self, video_id: str, run_id: str) -> None:
+        for name in ("faces", "frames"):
+            for old in (self.root / name / f"video_id={video_id}").glob("*.parquet"):
+                if old.stem != run_id:
+                    old.unlink(missing_ok=True)
+
+    def write_run(self, run_id: str, record: dict) -> None:
+        path = self.root / "runs" / f"{run_id}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, path)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,122 @@
+"""The two batch stages, as plain callables over Arrow tables (the wiring module runs them on Ray).
+
+DecodeDetectCrop turns segments into small rows: one per face (with its crop as bytes) and one
+closing row per segment (its sampled frames, face counts, any error). Full frames never leave it.
+Classify scores the face rows and passes the segment rows through.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.crop import square_crops
+from pipeline.decode import read_frames
+
+FACE, SEGMENT = "face", "segment"
+
+EXTRACT_SCHEMA = pa.schema([
+    ("kind", pa.string()),
+    ("video_id", pa.string()),
+    ("segment_index", pa.int32()),
+    ("frame_index", pa.int32()),
+    ("pts_s", pa.float64()),
+    ("face_index", pa.int16()),
+    ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+    ("det_score", pa.float32()),
+    ("landmarks", pa.list_(pa.float32(), 10)),
+    ("crop", pa.binary()),
+    # segment rows only: the sampled frames and what was found in them
+    ("frames_index", pa.list_(pa.int32())),
+    ("frames_pts_s", pa.list_(pa.float64())),
+    ("frames_face_count", pa.list_(pa.int16())),
+    ("face_rows", pa.int32()),
+    ("error", pa.string()),
+])
+
+
+def segment_error_row(segment: dict, error: str) -> dict:
+    return {"kind": SEGMENT, "video_id": segment["video_id"], "segment_index": segment["segment_index"],
+            "face_rows": 0, "error": error}
+
+
+class DecodeDetectCrop:
+    """Decode a segment's sampled frames, find faces, cut crops at the classifier's input size."""
+
+    def __init__(self, detector: dict, margin: float, crop_size: int) -> None:
+        from pipeline.detect import FaceDetector
+
+        self.detector = FaceDetector(**detector)
+        self.margin = margin
+        self.crop_size = crop_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict] = []
+        for segment in batch.to_pylist():
+            try:
+                rows.extend(self.segment_rows(segment))
+            except Exception as e:  # a bad file fails its video, never the batch
+                rows.append(segment_error_row(segment, f"{type(e).__name__}: {str(e)[:300]}"))
+        return pa.Table.from_pylist(rows, schema=EXTRACT_SCHEMA)
+
+    def segment_rows(self, segment: dict) -> list[dict]:
+        video_id, seg = segment["video_id"], segment["segment_index"]
+        pts_of = dict(zip(segment["frame_index"], segment["pts_s"]))
+        faces: list[dict] = []
+        counts: list[int] = []
+        frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"])
+        for index, frame in frames:
+            found = self.detector.detect(frame)
+            crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
+            counts.append(len(found))
+            for k in range(len(found)):
+                x1, y1, x2, y2 = found.xyxy[k].tolist()
+                faces.append({
+                    "kind": FACE, "video_id": video_id, "segment_index": seg, "frame_index": index,
+                    "pts_s": pts_of[index], "face_index": k, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                    "det_score": float(found.confidence[k]), "landmarks": found.landmarks[k].reshape(-1).tolist(),
+                    "crop": crops[k].tobytes(),
+                })
+        if len(counts) != len(segment["frame_index"]):
+            raise RuntimeError(f"decoder returned {len(counts)} of {len(segment['frame_index'])} frames")
+        closing = {"kind": SEGMENT, "video_id": video_id, "segment_index": seg,
+                   "frames_index": segment["frame_index"], "frames_pts_s": segment["pts_s"],
+                   "frames_face_count": counts, "face_rows": len(faces)}
+        return faces + [closing]
+
+
+def score_columns(labels: list[str]) -> list[str]:
+    """The `p_<label>` column names, in the model's label order."""
+    return [f"p_{label}" for label in labels]
+
+
+def scored_schema(labels: list[str]) -> pa.Schema:
+    """The rows Classify emits: the extract rows without crops, plus the score columns."""
+    schema = EXTRACT_SCHEMA.remove(EXTRACT_SCHEMA.get_field_index("crop"))
+    for name in score_columns(labels):
+        schema = schema.append(pa.field(name, pa.float32()))
+    return schema
+
+
+class Classify:
+    """Score every face row's crop; add a `p_<label>` column per model label; drop the crops."""
+
+    def __init__(self, classifier: dict) -> None:
+        from pipeline.classify import EmotionClassifier
+
+        self.model = EmotionClassifier(**classifier)
+        self.columns = score_columns(self.model.labels)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kinds = batch.column("kind").to_numpy(zero_copy_only=False)
+        is_face = kinds == FACE
+        probs = np.full((len(batch), len(self.columns)), np.nan, dtype=np.float32)
+        if is_face.any():
+            side = self.model.input_size
+            crops = batch.filter(pa.array(is_face)).column("crop").to_pylist()
+            pixels = np.frombuffer(bytearray(b"".join(crops)), dtype=np.uint8).reshape(-1, side, side, 3)
+            probs[is_face] = self.model.predict(pixels)
+        out = batch.drop_columns(["crop"])
+        for i, name in enumerate(self.columns):
+            out = out.append_column(pa.field(name, pa.float32()), pa.array(probs[:, i], mask=~is_face))
+        return out
