@@ -65,10 +65,15 @@ def sample_indices(pts_s: np.ndarray, fps: float | None = None, every_n_frames: 
 
 
 def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time."""
-    reader = _read_decord if decoder == "decord" else _read_pyav
+    """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time.
+
+    decord applies the rotation metadata itself; PyAV frames are turned here.
+    """
+    if decoder == "decord":
+        yield from _read_decord(path, list(indices))
+        return
     turns = (-rotation // 90) % 4  # np.rot90 turns counter-clockwise
-    for index, frame in reader(path, list(indices)):
+    for index, frame in _read_pyav(path, list(indices)):
         yield index, np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
 
 

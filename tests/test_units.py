@@ -1,0 +1,155 @@
+"""Stage-level tests without Ray: config, sampling, segments, discovery, crops, decoding, rotation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import Config, load_config
+from pipeline.crop import square_crops
+from pipeline.decode import probe, read_frames, sample_indices
+from pipeline.errors import FervidError
+from pipeline.plan import discover, plan_segments
+from tests.conftest import ROOT
+from tests.media import write_video
+
+
+def test_default_yaml_matches_built_in_defaults():
+    assert load_config(ROOT / "configs" / "default.yaml").to_dict() == Config().to_dict()
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("sampling: {fsp: 5}", "unknown config key 'sampling.fsp'"),
+    ("detector: {threshold: high}", "detector.threshold"),
+    ("detector: {det_size: 650}", "multiple of 32"),
+    ("sampling: {fps: 5, every_n_frames: 3}", "exactly one of"),
+    ("classifier: {dtype: int4}", "classifier.dtype"),
+    ("nonsense: 1", "unknown config key 'nonsense'"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(FervidError, match=message):
+        load_config(path)
+
+
+def test_overrides_and_relative_model_paths(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"detector": {"model": "./det.onnx"}}))
+    config = load_config(path, ["sampling.fps=2", "classifier.batch_size=8", "sampling.segment_s=3"])
+    assert config.sampling.fps == 2.0 and config.classifier.batch_size == 8 and config.sampling.segment_s == 3.0
+    assert config.detector.model == str(tmp_path / "det.onnx")
+    with pytest.raises(FervidError, match="unknown config key 'sampling.rate'"):
+        load_config(None, ["sampling.rate=2"])
+    with pytest.raises(FervidError, match="key=value"):
+        load_config(None, ["sampling.fps"])
+
+
+def test_fingerprint_follows_results_not_resources(shared, test_config):
+    from dataclasses import replace
+
+    base = test_config.fingerprint()
+    resources = replace(test_config, classifier=replace(test_config.classifier, actors=3, batch_size=7))
+    assert resources.fingerprint() == base
+    assert replace(test_config, sampling=replace(test_config.sampling, fps=2.0)).fingerprint() != base
+    assert replace(test_config, crop=replace(test_config.crop, margin=0.3)).fingerprint() != base
+
+
+def test_sampling_by_time_handles_variable_rate_and_negative_start():
+    steady = np.arange(300) / 30.0  # 10 s at 30 fps
+    assert len(sample_indices(steady, fps=5)) == 50
+    assert np.allclose(np.diff(steady[sample_indices(steady, fps=5)]), 0.2)
+    shifted = steady - 0.125  # negative start, as in ../shared/videos/no_face.mp4
+    assert np.array_equal(sample_indices(shifted, fps=5), sample_indices(steady, fps=5))
+    variable = np.concatenate([np.arange(0, 2, 1 / 60), 2 + np.arange(0, 2, 1 / 15)])  # 60 fps then 15 fps
+    picked = variable[sample_indices(variable, fps=5)]
+    assert len(picked) == 20 and np.all(np.diff(picked) > 0.15)
+    assert np.array_equal(sample_indices(steady, every_n_frames=7), np.arange(0, 300, 7))
+
+
+def test_segments_cover_the_sampled_frames_once():
+    from pipeline.config import SamplingConfig
+    from pipeline.decode import VideoInfo
+
+    pts = np.arange(0, 25, 1 / 25)
+    info = VideoInfo("decord", len(pts), 25.0, 25.0, 640, 360, 0, pts)
+    segments = plan_segments("vid", "/x.mp4", info, SamplingConfig(fps=5, segment_s=10))
+    assert [s["segment_index"] for s in segments] == [0, 1, 2]
+    frames = [i for s in segments for i in s["frame_index"]]
+    assert frames == sorted(set(frames)) and len(frames) == 125
+    assert max(segments[0]["pts_s"]) < 10 <= min(segments[1]["pts_s"])
+
+
+def test_discover_is_recursive_case_blind_and_survives_link_loops(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/one.MP4", "a/b/two.mov", "a/b/notes.txt", "three.webm"):
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "b" / "loop")
+    found = [v.path.relative_to(tmp_path).as_posix() for v in discover(tmp_path)]
+    assert sorted(found) == ["a/b/two.mov", "a/one.MP4", "three.webm"]
+    with pytest.raises(FervidError, match="no videos"):
+        discover(tmp_path / "a" / "b" / "loop" / "b" / "notes.txt")
+    with pytest.raises(FervidError, match="not found"):
+        discover(tmp_path / "missing")
+
+
+def test_square_crops_pad_at_frame_edges():
+    frame = np.full((100, 200, 3), 255, dtype=np.uint8)
+    inside, corner = square_crops(frame, np.array([[50, 20, 90, 60], [-10, -10, 30, 30]], np.float32), 0.0, 40)
+    assert inside.shape == (40, 40, 3) and inside.min() == 255
+    assert corner[:5, :5].max() == 0 and corner[-5:, -5:].min() == 255  # black outside the frame
+
+
+def test_decoded_timestamps_and_frames_match_pyav(shared):
+    import av
+
+    path = str(shared / "videos" / "single_face.mp4")
+    info = probe(path)
+    assert (info.decoder, info.frame_count, info.width, info.height) == ("decord", 72, 640, 360)
+    assert info.duration_s == pytest.approx(2.4, abs=1e-3)
+    with av.open(path) as container:
+        reference = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    picked = [0, 6, 30, 71]
+    for index, frame in read_frames(path, "decord", picked):
+        assert np.abs(frame.astype(int) - reference[index]).mean() < 1.0
+    for index, frame in read_frames(path, "pyav", picked):
+        assert np.array_equal(frame, reference[index])
+
+
+def test_rotation_metadata_gives_upright_frames(shared, tmp_path):
+    source = str(shared / "videos" / "single_face.mp4")
+    frames = [f for _, f in read_frames(source, "decord", range(0, 20, 2))]
+    path = write_video(tmp_path / "phone.mp4", frames, fps=5, rotation=-90)  # displayed turned clockwise
+    info = probe(str(path))
+    assert (info.rotation, info.width, info.height) == (90, 360, 640)
+    for decoder in ("decord", "pyav"):
+        _, upright = next(read_frames(str(path), decoder, [0], info.rotation))
+        assert upright.shape == (640, 360, 3)
+        assert np.abs(upright.astype(int) - np.rot90(frames[0], -1)).mean() < 6
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a video\n" * 50])
+def test_probe_rejects_non_videos(tmp_path, content):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(FervidError):
+        probe(str(path))
+
+
+def test_probe_rejects_audio_only(tmp_path):
+    import av
+
+    path = tmp_path / "voice.m4a.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(FervidError, match="no video stream"):
+        probe(str(path))
+
