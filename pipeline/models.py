@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.errors import FervidError
 
-_LOCAL_HINT = "point the config at a local copy (e.g. --set {key}=/path/to/model)"
+_LOCAL_HINT = "point the config at a local copy (e.g. --set {key}={example})"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def resolve_detector(model: str) -> Path:
     except Exception as e:  # insightface raises whatever its downloader hits
         raise FervidError(
             f"InsightFace pack '{model}' is not cached in ~/.insightface/models and could not be fetched "
-            f"({type(e).__name__}); {_LOCAL_HINT.format(key='detector.model')}.onnx"
+            f"({type(e).__name__}); {_LOCAL_HINT.format(key='detector.model', example='/path/to/det_10g.onnx')}"
         ) from None
     found = sorted(pack.rglob("det_*.onnx"))
     if not found:
@@ -64,7 +64,10 @@ def resolve_detector(model: str) -> Path:
 @functools.lru_cache(maxsize=8)
 def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpec:
     """Read the classifier's config and preprocessor (no weights): labels, input size, revision."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers import AutoConfig, AutoImageProcessor
+
+    hub_logging.set_verbosity_error()  # retries against an unreachable hub would print a line each
 
     local = Path(model).expanduser()
     if local.exists():
@@ -88,7 +91,8 @@ def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpe
     except (OSError, ValueError) as e:
         raise FervidError(
             f"classifier model '{model}' could not be loaded ({str(e).splitlines()[0][:160]}); "
-            f"if it is not cached and the hub is unreachable, {_LOCAL_HINT.format(key='classifier.model')}"
+            f"if it is not cached and the hub is unreachable, "
+            f"{_LOCAL_HINT.format(key='classifier.model', example='/path/to/model_dir')}"
         ) from None
     if not getattr(config, "id2label", None):
         raise FervidError(f"classifier model '{model}' has no id2label in its config")
