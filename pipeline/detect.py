@@ -38,8 +38,9 @@ class FaceDetector:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        if threads:  # 0 keeps ONNX Runtime's default: all cores
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         self.model = insightface.model_zoo.get_model(
             str(model_path), providers=onnx_providers(device), sess_options=options)
         self.model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)

@@ -65,8 +65,11 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
-    cpus_left = resources.get("CPU", 1) - c.actors * c.num_cpus
-    extract_actors = d.actors or max(1, int(cpus_left))
+    # Decode+detect actors share what the classifier leaves, fractionally if need be, so that
+    # every actor fits and a light classifier (num_cpus < 1) doesn't idle a whole core.
+    cpus_left = max(resources.get("CPU", 1) - c.actors * c.num_cpus, 0.5)
+    extract_actors = d.actors or max(1, round(cpus_left))
+    extract_cpus = min(float(d.threads), cpus_left / extract_actors)
     detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
                 "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads, "device": d.device}
     classifier = {"model": spec.source, "revision": c.revision, "device": c.device, "dtype": c.dtype,
@@ -75,7 +78,7 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     ds = ds.map_batches(
         DecodeDetectCrop, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
                                                  "crop_size": spec.input_size},
-        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=d.threads)
+        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus)
     ds = ds.map_batches(
         Classify, fn_constructor_kwargs={"classifier": classifier},
         batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),
