@@ -57,11 +57,22 @@ class ClassifierConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True  # fill faces.track_id and the p_<label>_smooth columns
+    high_score: float = 0.6  # detections at or above it start and extend tracks; weaker ones only extend
+    match_iou: float = 0.3  # least buffered IoU between a track's predicted box and a detection
+    max_gap_s: float = 1.0  # a track unseen for longer ends
+    min_frames: int = 2  # tracks with fewer detections are dropped (their faces get no track)
+    smooth_s: float = 1.0  # width of the centred window the _smooth scores average over; 0 copies the raw scores
+
+
+@dataclass
 class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +94,7 @@ class Config:
             "crop": dataclasses.asdict(self.crop),
             "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
                            "dtype": c.dtype},
+            "tracking": dataclasses.asdict(self.tracking),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,6 +144,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if value is None and type(None) in allowed:
         return None
     for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -195,6 +209,14 @@ def _check(config: Config) -> None:
             raise FervidError(f"{key} must be auto, cpu or cuda")
     if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0:
         raise FervidError("classifier.num_gpus and classifier.num_cpus must not be negative")
+    t = config.tracking
+    for key, value in (("tracking.high_score", t.high_score), ("tracking.match_iou", t.match_iou)):
+        if not 0 < value < 1:
+            raise FervidError(f"{key} must be between 0 and 1")
+    if t.max_gap_s < 0 or t.smooth_s < 0:
+        raise FervidError("tracking.max_gap_s and tracking.smooth_s must not be negative")
+    if t.min_frames < 1:
+        raise FervidError("tracking.min_frames must be at least 1")
 
 
 def _join(where: str, name: str) -> str:

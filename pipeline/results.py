@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.config import TrackingConfig
 from pipeline.errors import FervidError
+from pipeline.track import NO_TRACK, smooth_scores, track_faces
 
 VIDEOS_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
@@ -41,18 +43,34 @@ FRAMES_SCHEMA = pa.schema([
 FACE_COLUMNS = ["frame_index", "pts_s", "face_index", "track_id", "x1", "y1", "x2", "y2", "det_score", "landmarks"]
 
 
-def faces_table(rows: pa.Table, labels: list[str], run_id: str) -> pa.Table:
-    """Stage face rows of one video -> the `faces` table: sorted, argmax label, confidence."""
+def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig | None = None) -> pa.Table:
+    """Stage face rows of one video -> the `faces` table: sorted, tracks, smoothed scores, argmax label, confidence.
+
+    Tracking needs the whole video's rows in frame order, which is why it runs here and not in the stages.
+    `tracking` defaults to the built-in tracking settings.
+    """
+    tracking = tracking or TrackingConfig()
     rows = rows.sort_by([("frame_index", "ascending"), ("face_index", "ascending")])
     scores = [f"p_{label}" for label in labels]
     probs = np.column_stack([rows.column(c).to_numpy() for c in scores]) if len(rows) else np.zeros((0, len(labels)))
     best = probs.argmax(axis=1)
+    if tracking.enabled:
+        pts = rows.column("pts_s").to_numpy()
+        xyxy = np.column_stack([rows.column(c).to_numpy() for c in ("x1", "y1", "x2", "y2")]).reshape(-1, 4)
+        ids = track_faces(rows.column("frame_index").to_numpy(), pts, xyxy, rows.column("det_score").to_numpy(),
+                          tracking)
+        track_id = pa.array(ids, pa.int32(), mask=ids == NO_TRACK)
+        smooth = [pa.array(column, pa.float32()) for column in smooth_scores(ids, pts, probs, tracking.smooth_s).T]
+    else:
+        track_id = pa.nulls(len(rows), pa.int32())
+        smooth = [pa.nulls(len(rows), pa.float32())] * len(scores)
     columns = {
         "frame_index": rows.column("frame_index"), "pts_s": rows.column("pts_s"),
-        "face_index": rows.column("face_index"), "track_id": pa.nulls(len(rows), pa.int32()),
+        "face_index": rows.column("face_index"), "track_id": track_id,
         **{c: rows.column(c) for c in ("x1", "y1", "x2", "y2", "det_score")},
         "landmarks": rows.column("landmarks").cast(pa.list_(pa.float32())),
         **{c: rows.column(c) for c in scores},
+        **{f"{c}_smooth": column for c, column in zip(scores, smooth)},
         "emotion": pa.array(np.asarray(labels, dtype=object)[best] if len(rows) else [], pa.string()),
         "confidence": pa.array(probs[np.arange(len(rows)), best], pa.float32()),
         "run_id": pa.array([run_id] * len(rows), pa.string()),

@@ -171,7 +171,7 @@ class Runner:
             return
         labels = list(self.spec.labels)
         rows = pa.concat_tables(p.faces) if p.faces else scored_schema(labels).empty_table()
-        faces = faces_table(_unique_faces(rows), labels, self.run_id)
+        faces = faces_table(_unique_faces(rows), labels, self.run_id, self.config.tracking)
         frames = frames_table(list(p.segments.values()), self.run_id)
         try:
             self.store.write_video(video_id, self.run_id, faces, frames)
