@@ -158,7 +158,7 @@ def pan_runs(shared, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("pan")
     write_pan(shared / "images" / "faces" / PHOTO, folder / "pan.mp4")
     outs = []
-    for settings in (["detector.actors=1"], ["detector.actors=2", "classifier.num_cpus=0", "sampling.segment_s=1.4"]):
+    for settings in (["detector.actors=1"], ["detector.actors=2", "sampling.segment_s=1.4"]):
         out = tmp_path_factory.mktemp("pan_results")
         summary = Runner(folder, out, load_config(TEST_CONFIG, settings), show_progress=False).run()
         assert summary.counts["ok"] == 1
