@@ -36,6 +36,7 @@ class RunSummary:
     frames: int = 0
     faces: int = 0
     wall_s: float = 0.0
+    first_result_s: float | None = None  # from the start of the run to the first scored rows
 
     def line(self) -> str:
         c = self.counts
@@ -74,7 +75,7 @@ class Runner:
         self.summary = RunSummary(self.run_id)
 
     def run(self) -> RunSummary:
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         started_at = _now()
         with self.store.lock():
             files = discover(self.videos_dir)
@@ -146,6 +147,8 @@ class Runner:
             self._record(video_id, p.file, "failed", "some segments returned no results", p.info)
 
     def _take(self, batch: pa.Table, pending: dict[str, _Pending], progress: Progress) -> None:
+        if self.summary.first_result_s is None:
+            self.summary.first_result_s = time.monotonic() - self.started
         faces = batch.filter(pc.equal(batch["kind"], FACE))
         for video_id in pc.unique(faces["video_id"]).to_pylist():
             rows = faces.filter(pc.equal(faces["video_id"], video_id))

@@ -1,0 +1,267 @@
+"""`fervid bench` / `python -m jobs.bench`: how fast fervid is, against the loop a user would write.
+
+In one process run, on the same videos and models:
+- each stage alone, one worker, in this process: decode (sampled frames/s), detect (frames/s),
+  classify (faces/s, batched as configured);
+- the plain sequential loop: open each video, read each sampled frame, detect, crop, classify
+  one face at a time, library default threads;
+- fervid end to end on a warm local Ray (its start-up is reported apart): throughput, time to
+  first result, peak memory of the driver and of the Ray workers, object-store spill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config, load_config
+from pipeline.crop import square_crops
+from pipeline.decode import probe, read_frames, sample_indices
+from pipeline.models import resolve_classifier, resolve_detector
+from pipeline.plan import discover
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def make_workload(source: Path, repeat: int, folder: Path) -> list[Path]:
+    """`repeat` copies of every video in source; a few trailing bytes give each copy its own content id."""
+    paths = []
+    for k in range(repeat):
+        for video in discover(source):
+            copy = folder / f"{k:03d}_{video.path.name}"
+            shutil.copyfile(video.path, copy)
+            with copy.open("ab") as f:
+                f.write(b"\0" * (k + 1))
+            paths.append(copy)
+    return paths
+
+
+def measure_stages(paths: list[Path], config: Config) -> dict:
+    """Each stage alone, one worker with the configured threads, on every sampled frame of the workload."""
+    from pipeline.classify import EmotionClassifier
+    from pipeline.detect import FaceDetector
+
+    d, c = config.detector, config.classifier
+    spec = resolve_classifier(c.model, c.revision)
+    detector = FaceDetector(str(resolve_detector(d.model)), d.det_size, d.threshold, d.min_face_px, d.max_faces,
+                            d.threads, "cpu")
+    classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, c.batch_size, c.threads or 1)
+    decode_s = detect_s = 0.0
+    frames, crops = 0, []
+    for path in paths:
+        info = probe(str(path))
+        indices = sample_indices(info.pts_s, config.sampling.fps, config.sampling.every_n_frames)
+        reader = read_frames(str(path), info.decoder, indices, info.rotation)
+        while True:
+            start = time.perf_counter()
+            item = next(reader, None)
+            decode_s += time.perf_counter() - start
+            if item is None:
+                break
+            start = time.perf_counter()
+            found = detector.detect(item[1])
+            detect_s += time.perf_counter() - start
+            crops.append(square_crops(item[1], found.xyxy, config.crop.margin, spec.input_size))
+            frames += 1
+    faces = np.concatenate(crops)
+    start = time.perf_counter()
+    classifier.predict(faces)
+    classify_s = time.perf_counter() - start
+    return {"frames": frames, "faces": len(faces), "decode_frames_per_s": frames / decode_s,
+            "detect_frames_per_s": frames / detect_s, "classify_faces_per_s": len(faces) / classify_s}
+
+
+def reference_loop(paths: list[Path], config: Config) -> dict:
+    """The plain loop: per video, per sampled frame, per face, with the same models and settings."""
+    import decord
+
+    from pipeline.classify import EmotionClassifier
+    from pipeline.detect import FaceDetector
+
+    d, c = config.detector, config.classifier
+    spec = resolve_classifier(c.model, c.revision)
+    start = time.perf_counter()
+    detector = FaceDetector(str(resolve_detector(d.model)), d.det_size, d.threshold, d.min_face_px, d.max_faces,
+                            threads=0, device="cpu")
+    classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, batch_size=1)
+    frames = faces = 0
+    for path in paths:
+        reader = decord.VideoReader(str(path))
+        pts = reader.get_frame_timestamp(range(len(reader)))[:, 0].astype(np.float64)
+        for index in sample_indices(pts, config.sampling.fps, config.sampling.every_n_frames):
+            frame = reader[int(index)].asnumpy()
+            found = detector.detect(frame)
+            for crop in square_crops(frame, found.xyxy, config.crop.margin, spec.input_size):
+                classifier.predict(crop[None])
+                faces += 1
+            frames += 1
+    wall = time.perf_counter() - start
+    return {"frames": frames, "faces": faces, "wall_s": wall, "frames_per_s": frames / wall}
+
+
+class WorkerMemory:
+    """Samples the resident memory of this Ray instance's workers while fervid runs; keeps the peak sum."""
+
+    def __init__(self, every_s: float = 0.25) -> None:
+        import ray
+
+        node = ray._private.worker.global_worker.node
+        self.raylets = {info.process.pid for info in node.all_processes.get("raylet", [])}
+        self.peak_bytes = 0
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak_bytes = max(self.peak_bytes, sum(_rss(pid) for pid in _children(self.raylets)))
+
+
+def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
+    import ray
+
+    from pipeline import graph
+    from pipeline.runner import Runner
+
+    start = time.perf_counter()
+    graph.connect(None)
+    ray_start_s = time.perf_counter() - start
+    folder = paths[0].parent
+    with WorkerMemory() as workers:
+        summary = Runner(folder, out, config, force=True, show_progress=False).run()
+    stats = ray._private.internal_api.memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
+    spilled = re.search(r"Spilled (\d+) MiB", stats)
+    return {
+        "videos_ok": summary.counts["ok"], "frames": summary.frames, "faces": summary.faces,
+        "wall_s": summary.wall_s, "frames_per_s": summary.frames / summary.wall_s,
+        "faces_per_s": summary.faces / summary.wall_s, "first_result_s": summary.first_result_s,
+        "ray_start_s": ray_start_s, "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_peak_rss_mib": workers.peak_bytes / 2**20, "spilled_mib": int(spilled.group(1)) if spilled else 0,
+    }
+
+
+def machine() -> dict:
+    from importlib import metadata
+
+    import torch
+
+    info = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for name in ("ray", "torch", "transformers", "onnxruntime", "decord", "insightface"):
+        info[name] = metadata.version(name)
+    return info
+
+
+def run_bench(videos: Path, config: Config, repeat: int, results: Path | None = None) -> dict:
+    """All figures for one workload; fervid's own results go to `results` when given (else a temp folder)."""
+    with tempfile.TemporaryDirectory(prefix="fervid-bench-") as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        paths = make_workload(videos, repeat, folder)
+        stages = measure_stages(paths, config)
+        reference = reference_loop(paths, config)
+        fervid = end_to_end(paths, config, results or Path(tmp) / "results")
+    slowest = min(stages["decode_frames_per_s"] * stages["detect_frames_per_s"] /
+                  (stages["decode_frames_per_s"] + stages["detect_frames_per_s"]),
+                  stages["classify_faces_per_s"] * stages["frames"] / max(stages["faces"], 1))
+    return {
+        "workload": {"videos": len(paths), "repeat": repeat, "source": str(videos)},
+        "machine": machine(), "stages_one_worker": stages, "reference_loop": reference, "fervid": fervid,
+        "speedup_vs_reference": fervid["frames_per_s"] / reference["frames_per_s"],
+        # the fused decode+detect stage, one worker, in sampled frames/s; fervid runs several such workers
+        "slowest_stage_one_worker_frames_per_s": slowest,
+    }
+
+
+def print_table(result: dict) -> None:
+    s, r, f = result["stages_one_worker"], result["reference_loop"], result["fervid"]
+    m = result["machine"]
+    rows = [
+        ("machine", f"{m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; ray {m['ray']}, torch {m['torch']}, "
+                    f"onnxruntime {m['onnxruntime']}"),
+        ("workload", f"{result['workload']['videos']} videos, {f['frames']} sampled frames, {f['faces']} faces"),
+        ("decode alone (1 worker)", f"{s['decode_frames_per_s']:.1f} frames/s"),
+        ("detect alone (1 worker)", f"{s['detect_frames_per_s']:.1f} frames/s"),
+        ("classify alone (1 worker)", f"{s['classify_faces_per_s']:.1f} faces/s"),
+        ("slowest stage (1 worker)", f"{result['slowest_stage_one_worker_frames_per_s']:.1f} frames/s"),
+        ("sequential loop", f"{r['frames_per_s']:.1f} frames/s ({r['wall_s']:.1f} s)"),
+        ("fervid end to end", f"{f['frames_per_s']:.1f} frames/s, {f['faces_per_s']:.1f} faces/s ({f['wall_s']:.1f} s)"),
+        ("fervid / sequential loop", f"{result['speedup_vs_reference']:.2f}x"),
+        ("time to first result", f"{f['first_result_s']:.1f} s (Ray start-up before it: {f['ray_start_s']:.1f} s)"),
+        ("peak memory", f"driver {f['driver_peak_rss_mib']:.0f} MiB, Ray workers {f['workers_peak_rss_mib']:.0f} MiB"),
+        ("object store spill", f"{f['spilled_mib']} MiB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fervid bench", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="?", default=str(SHARED / "videos"), help="default: ../shared/videos")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml"),
+                        help="default: configs/test.yaml (the ../shared models)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeat", type=int, default=1, help="copies of the videos in the workload")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    result = run_bench(Path(args.videos), load_config(args.config, args.overrides), args.repeat)
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _children(parents: set[int]) -> list[int]:
+    """Processes whose parent is one of `parents` (Ray workers are children of their raylet)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+                pids.append(int(entry))
+    return pids
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
