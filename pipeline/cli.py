@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="analyse a folder of videos into Parquet")
     add_run_arguments(run)
     run.set_defaults(handler=cmd_run)
+    query = commands.add_parser("query", help="SQL over a results folder (views: videos, frames, faces, timeline, "
+                                "video_summary, emotion_segments, transitions)")
+    add_query_arguments(query)
+    query.set_defaults(handler=cmd_query)
     return parser
 
 
@@ -55,6 +59,37 @@ def cmd_run(args: argparse.Namespace) -> int:
                      show_progress=not args.quiet).run()
     print(summary.line())
     return EXIT_SOME_FAILED if summary.counts["failed"] else 0
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("sql", nargs="?", help='the query, e.g. "SELECT * FROM video_summary"')
+    parser.add_argument("-f", "--file", help="read the query from a .sql file instead")
+    parser.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
+                        help="table (default; long results show their first and last rows), csv, json (one object "
+                             "per line) or parquet (needs --output)")
+    parser.add_argument("-o", "--output", help="write the result to this file instead of standard output")
+    parser.add_argument("--print-views", action="store_true",
+                        help="print the view definitions for this folder, to use from any DuckDB client")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipeline import query
+
+    if args.print_views:
+        print(query.view_sql(args.results), end="")
+        return 0
+    if (args.sql is None) == (args.file is None):
+        raise FervidError('give one query: fervid query RESULTS "SELECT ..." or fervid query RESULTS -f FILE.sql')
+    sql = args.sql
+    if args.file is not None:
+        try:
+            with open(args.file) as f:
+                sql = f.read()
+        except OSError as e:
+            raise FervidError(f"cannot read {args.file}: {e.strerror}") from None
+    query.run_query(args.results, sql, args.format, args.output)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Benchmark: the views over a synthetic RESULTS folder of about a million face rows (`video_summary`
+is the figure the design quotes; one video's views and all emotion_segments are printed alongside).
+
+    python -m jobs.bench_query [--videos 200] [--frames 5000] [--repeat 5] [--keep DIR]
+
+The folder is written in the real layout by ResultsStore (one face on every sampled frame, random
+probabilities), and the timing goes through `pipeline.query.connect`, as `fervid query` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.query import connect
+from pipeline.results import ResultsStore, faces_table, frames_table
+
+LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+SAMPLING_FPS = 5.0
+
+
+def synthetic_tables(frames: int, labels: list[str], run_id: str,
+                     rng: np.random.Generator) -> tuple[pa.Table, pa.Table]:
+    """One video's faces and frames tables: a face on every sampled frame, random probabilities."""
+    index = np.arange(frames, dtype=np.int32)
+    pts = index / SAMPLING_FPS
+    probs = rng.dirichlet(np.ones(len(labels)), frames).astype(np.float32)
+    box = rng.uniform(0, 500, (frames, 4)).astype(np.float32)
+    rows = pa.table({
+        "frame_index": index, "pts_s": pts, "face_index": np.zeros(frames, np.int16),
+        **{name: box[:, i] for i, name in enumerate(("x1", "y1", "x2", "y2"))},
+        "det_score": rng.uniform(0.5, 1, frames).astype(np.float32),
+        "landmarks": pa.FixedSizeListArray.from_arrays(rng.uniform(0, 500, frames * 10).astype(np.float32), 10),
+        **{f"p_{label}": probs[:, i] for i, label in enumerate(labels)},
+    })
+    segment = {"segment_index": 0, "frames_index": index.tolist(), "frames_pts_s": pts.tolist(),
+               "frames_face_count": [1] * frames}
+    return faces_table(rows, labels, run_id), frames_table([segment], run_id)
+
+
+def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok",
+                     finished_at: datetime | None = None) -> dict:
+    """The videos/ record of a synthetic video."""
+    finished_at = finished_at or datetime.now(timezone.utc)
+    return {
+        "video_id": video_id, "path": f"/videos/{video_id}.mp4", "size_bytes": 0,
+        "duration_s": frames / SAMPLING_FPS, "fps": 30.0, "width": 1280, "height": 720, "rotation": 0,
+        "frame_count": frames * 6, "sampled_frames": frames, "faces": frames, "status": status, "error": None,
+        "decoder": "synthetic", "config_fingerprint": "synthetic", "detector": "synthetic",
+        "detector_revision": None, "classifier": "synthetic", "classifier_revision": None,
+        "started_at": finished_at - timedelta(seconds=1), "finished_at": finished_at, "run_id": run_id,
+    }
+
+
+def write_synthetic(root: Path, videos: int, frames: int, labels: list[str] = LABELS, seed: int = 0) -> None:
+    """A RESULTS folder of `videos` videos of `frames` sampled frames each, from one run.
+
+    Every video gets the same tables (building them is the slow part; reading them is what is timed).
+    """
+    store = ResultsStore(root)
+    faces, frame_rows = synthetic_tables(frames, labels, "bench", np.random.default_rng(seed))
+    for v in range(videos):
+        store.write_video(f"{v:016x}", "bench", faces, frame_rows)
+    store.write_records("bench", [synthetic_record(f"{v:016x}", "bench", frames) for v in range(videos)])
+
+
+QUERIES = {
+    "video_summary": "SELECT * FROM video_summary",
+    "one video's timeline": "SELECT * FROM timeline WHERE video_id = '0000000000000007'",
+    "one video's emotion_segments": "SELECT * FROM emotion_segments WHERE video_id = '0000000000000007'",
+    "emotion_segments, all videos": "SELECT count(*) FROM emotion_segments",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=200)
+    parser.add_argument("--frames", type=int, default=5000, help="sampled frames (and faces) per video")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep", help="write the synthetic RESULTS here and keep it (default: a temp folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.keep or scratch)
+        started = time.perf_counter()
+        write_synthetic(root, args.videos, args.frames)
+        print(f"wrote {args.videos * args.frames:,} face rows in {args.videos} videos "
+              f"in {time.perf_counter() - started:.1f}s")
+        started = time.perf_counter()
+        con = connect(root)
+        print(f"connect (views, labels): {time.perf_counter() - started:.3f}s")
+        for name, sql in QUERIES.items():
+            times = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                con.sql(sql).fetchall()
+                times.append(time.perf_counter() - started)
+            print(f"{name}: best {min(times):.3f}s, median {np.median(times):.3f}s over {args.repeat} runs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""SQL over a RESULTS folder: the views in sql/, written out for the model's labels, on DuckDB.
+
+The views are plain SQL files so users can read and reuse them; the only templating is where the
+Parquet files are and the labels, which follow the `p_<label>` columns actually in the files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.errors import FervidError
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql")
+TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
+
+
+def connect(results_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with every view over RESULTS, for notebooks and `fervid query`.
+
+    Read-only: DuckDB gets the Parquet as Arrow datasets (read by pyarrow, which is handed the
+    columns and the video_id filter, so it opens only those files) and no file access of its own,
+    locked, so COPY, EXPORT, ATTACH, read_csv and the like fail instead of touching any file.
+    The file list is a snapshot: connect again to see later runs.
+    """
+    root = _results_root(results_dir)
+    datasets = {table: _dataset(root, table) for table in TABLE_FILES}
+    con = duckdb.connect()
+    for table, dataset in datasets.items():
+        con.register(f"{table}_files", dataset)
+    con.execute(_render_views({table: f"{table}_files" for table in TABLE_FILES}, _labels(datasets["faces"])))
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def view_sql(results_dir: str | Path) -> str:
+    """The view definitions for RESULTS as plain SQL reading its Parquet directly, for any DuckDB client."""
+    root = _results_root(results_dir)
+    sources = {}
+    for table, pattern in TABLE_FILES.items():
+        hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if table != "videos" else ""
+        path = str(root / pattern).replace("'", "''")
+        sources[table] = f"read_parquet('{path}'{hive}, union_by_name = true)"
+    return _render_views(sources, _labels(_dataset(root, "faces")))
+
+
+def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None) -> None:
+    """Run SQL (one or more statements; the last one's rows are the result) and print or save the result."""
+    root = _results_root(results_dir)
+    if output is not None and Path(output).resolve().is_relative_to(root):
+        raise FervidError(f"--output {output} is inside the results folder; fervid query never writes there")
+    if fmt == "parquet" and output is None:
+        raise FervidError("--format parquet needs --output FILE")
+    con = connect(root)
+    try:
+        relation = con.sql(sql)
+        if relation is None:
+            return
+        result = str(relation).rstrip("\n") + "\n" if fmt == "table" else relation.to_arrow_table()
+    except duckdb.Error as e:
+        raise FervidError(f"query failed: {_headline(e)}") from None
+    try:
+        if fmt == "parquet":
+            pq.write_table(result, output)
+        else:
+            _emit(_encode(result, fmt), output)
+    except OSError as e:
+        raise FervidError(f"cannot write {output}: {e.strerror or e}") from None
+
+
+def _render_views(sources: dict[str, str], labels: list[str]) -> str:
+    """sql/*.sql with the {<table>_files} sources, {labels} and the per-label lines filled in
+    (comment lines are kept as written)."""
+    values = {"{labels}": ", ".join(f"'{label}'" for label in labels),
+              **{f"{{{table}_files}}": source for table, source in sources.items()}}
+    parts = []
+    for name in VIEW_FILES:
+        lines = []
+        for line in (SQL_DIR / name).read_text().splitlines():
+            if line.lstrip().startswith("--"):
+                lines.append(line)
+                continue
+            for placeholder, value in values.items():
+                line = line.replace(placeholder, value)
+            lines += [line.replace("{label}", label) for label in labels] if "{label}" in line else [line]
+        parts.append(f"-- sql/{name}\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _results_root(results_dir: str | Path) -> Path:
+    """The RESULTS folder, checked to hold analysed videos, so an empty one fails in one clear line."""
+    root = Path(results_dir).resolve()
+    if not root.is_dir():
+        raise FervidError(f"results folder {root} does not exist")
+    if not any(root.glob(TABLE_FILES["videos"])):
+        raise FervidError(f"{root} holds no fervid results (no videos/*.parquet); run `fervid run VIDEOS --out {root}`")
+    if not any(root.glob(TABLE_FILES["faces"])) or not any(root.glob(TABLE_FILES["frames"])):
+        raise FervidError(f"no video in {root} has been analysed successfully yet")
+    return root
+
+
+def _dataset(root: Path, table: str) -> ds.Dataset:
+    """A table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out).
+
+    The schema is the union over runs (one file per run name is enough: a run writes one schema),
+    so runs with different models' labels read together, with NULL where a file lacks a column.
+    """
+    files = sorted(root.glob(TABLE_FILES[table]))
+    one_per_run = {path.name: path for path in files}.values()
+    schema = pa.unify_schemas([pq.read_schema(path) for path in one_per_run])
+    partitioning = None
+    if table != "videos":
+        partitioning = ds.partitioning(pa.schema([("video_id", pa.string())]), flavor="hive")
+        schema = schema.append(pa.field("video_id", pa.string()))
+    return ds.dataset([str(path) for path in files], schema=schema, format="parquet", partitioning=partitioning,
+                      partition_base_dir=str(root / table))
+
+
+def _labels(faces: ds.Dataset) -> list[str]:
+    """The labels of the p_<label> columns, in the model's order (p_<label>_smooth companions are not labels)."""
+    scores = [name[2:] for name in faces.schema.names if name.startswith("p_")]
+    labels = [s for s in scores if not (s.endswith("_smooth") and s.removesuffix("_smooth") in scores)]
+    odd = [label for label in labels if not re.fullmatch(r"\w+", label)]
+    if odd:
+        raise FervidError(f"labels {odd} are not plain names (letters, digits, _); the views cannot name their columns")
+    return labels
+
+
+def _encode(result: str | pa.Table, fmt: str) -> bytes:
+    """The result as table text, CSV or JSON Lines (one object per row)."""
+    if fmt == "table":
+        return result.encode()
+    if fmt == "json":
+        return "".join(json.dumps(row, default=str) + "\n" for row in result.to_pylist()).encode()
+    nested = [f.name for f in result.schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise FervidError(f"CSV cannot hold the list column(s) {', '.join(nested)}; "
+                          "leave them out or use --format json")
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(result, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _emit(data: bytes, output: str | Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(output).write_bytes(data)
+
+
+def _headline(error: duckdb.Error) -> str:
+    """DuckDB's first line ("Binder Error: Referenced column ... not found"); the rest is context."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,29 @@
+-- timeline(bucket_s): per video, per face track, per time bucket of bucket_s seconds: the mean
+-- probability of each emotion, the dominant one, faces seen and frames sampled.
+-- Faces without a track (tracking off) share the NULL track. A bucket with sampled frames but no
+-- face has one row with faces_seen = 0 and NULL probabilities.
+CREATE MACRO timeline(bucket_s) AS TABLE
+WITH sampled AS (
+    SELECT video_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, count(*) AS frames_sampled
+    FROM frames
+    GROUP BY video_id, bucket
+), seen AS (
+    SELECT video_id, track_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, count(*) AS faces_seen,
+        avg(p_{label}) AS p_{label},
+    FROM faces
+    GROUP BY video_id, track_id, bucket
+)
+SELECT
+    video_id, track_id,
+    bucket * bucket_s::DOUBLE AS start_s,
+    (bucket + 1) * bucket_s::DOUBLE AS end_s,
+    frames_sampled,
+    coalesce(faces_seen, 0) AS faces_seen,
+    dominant([
+        p_{label},
+    ]) AS emotion,
+    p_{label},
+FROM sampled LEFT JOIN seen USING (video_id, bucket)
+ORDER BY video_id, start_s, track_id;
+
+CREATE VIEW timeline AS SELECT * FROM timeline(1.0);
