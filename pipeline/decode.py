@@ -67,7 +67,8 @@ def sample_indices(pts_s: np.ndarray, fps: float | None = None, every_n_frames: 
 def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time.
 
-    decord applies the rotation metadata itself; PyAV frames are turned here.
+    Frames that cannot be decoded (a damaged stretch of the file) are left out; the caller counts
+    them. decord applies the rotation metadata itself; PyAV frames are turned here.
     """
     if decoder == "decord":
         yield from _read_decord(path, list(indices))
@@ -109,31 +110,48 @@ def _display_geometry(path: str) -> tuple[int, tuple[int, int]]:
 
 
 def _read_decord(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Chunks of frames; a chunk that fails is retried frame by frame so only damaged frames are lost."""
     import decord
 
     reader = decord.VideoReader(path, num_threads=1)  # one reader per segment: decord leaks over long use
     for start in range(0, len(indices), READ_CHUNK):
         chunk = indices[start:start + READ_CHUNK]
-        frames = reader.get_batch(chunk).asnumpy()
-        yield from zip(chunk, frames)
+        try:
+            frames = reader.get_batch(chunk).asnumpy()
+        except decord.DECORDError:
+            frames = None
+        if frames is not None:
+            yield from zip(chunk, frames)
+            continue
+        for index in chunk:  # a fresh reader each time: a failed decode leaves the old one unusable
+            try:
+                frame = decord.VideoReader(path, num_threads=1)[index].asnumpy()
+            except decord.DECORDError:
+                continue
+            yield index, frame
+        reader = decord.VideoReader(path, num_threads=1)
 
 
 def _read_pyav(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames matched by presentation timestamp; packets that fail to decode are skipped."""
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
         all_pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
         wanted = {all_pts[i]: i for i in indices}
-        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
         last = max(wanted)
-        for frame in container.decode(stream):
-            if frame.pts in wanted:
-                yield wanted.pop(frame.pts), frame.to_ndarray(format="rgb24")
-            if frame.pts is not None and frame.pts >= last or not wanted:
+        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue
+            for frame in frames:  # decoders emit frames in presentation order
+                if frame.pts in wanted:
+                    yield wanted.pop(frame.pts), frame.to_ndarray(format="rgb24")
+            if not wanted or any(frame.pts is not None and frame.pts > last for frame in frames):
                 break
-    if wanted:
-        raise FervidError(f"{len(wanted)} sampled frames could not be decoded")
 
 
 def _reason(e: Exception) -> str:

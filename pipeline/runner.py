@@ -102,9 +102,11 @@ class Runner:
         todo: dict[str, VideoFile] = {}
         for file in files:
             try:
+                if not file.path.is_file():  # reading a pipe would block the run; a dangling link has nothing
+                    raise OSError(0, "not a regular file (a dangling link, a pipe or a device)")
                 video_id = file_digest(file.path)
             except OSError as e:
-                path_id = hashlib.blake2b(str(file.path.resolve()).encode(), digest_size=8).hexdigest()
+                path_id = hashlib.blake2b(str(file.path.absolute()).encode(), digest_size=8).hexdigest()
                 self._record(path_id, file, "failed", f"cannot read the file: {e.strerror}")
                 continue
             if video_id in todo:
@@ -172,17 +174,24 @@ class Runner:
         if errors:
             self._record(video_id, p.file, "failed", errors[0], p.info, started_at=p.started_at)
             return
+        frames = frames_table(list(p.segments.values()), self.run_id)
+        lost = sum(s["frames_lost"] or 0 for s in p.segments.values())
+        if not len(frames):
+            self._record(video_id, p.file, "failed", f"none of the {lost} sampled frames could be decoded",
+                         p.info, started_at=p.started_at)
+            return
+        # a damaged stretch costs only its frames; the video is ok and says what was lost
+        note = f"{lost} of {lost + len(frames)} sampled frames could not be decoded and were skipped" if lost else None
         labels = list(self.spec.labels)
         rows = pa.concat_tables(p.faces) if p.faces else scored_schema(labels).empty_table()
         faces = faces_table(_unique_faces(rows), labels, self.run_id, self.config.tracking)
-        frames = frames_table(list(p.segments.values()), self.run_id)
         try:
             self.store.write_video(video_id, self.run_id, faces, frames)
         except OSError as e:
             self._record(video_id, p.file, "failed", f"cannot write results: {e.strerror}", p.info,
                          started_at=p.started_at)
             return
-        self._record(video_id, p.file, "ok", None, p.info, sampled=len(frames), faces=len(faces),
+        self._record(video_id, p.file, "ok", note, p.info, sampled=len(frames), faces=len(faces),
                      started_at=p.started_at)
         self.store.write_records(self.run_id, self.records)
         self.store.drop_superseded(video_id, self.run_id)

@@ -31,6 +31,7 @@ EXTRACT_SCHEMA = pa.schema([
     ("frames_pts_s", pa.list_(pa.float64())),
     ("frames_face_count", pa.list_(pa.int16())),
     ("face_rows", pa.int32()),
+    ("frames_lost", pa.int32()),  # sampled frames that could not be decoded
     ("error", pa.string()),
 ])
 
@@ -63,11 +64,13 @@ class DecodeDetectCrop:
         video_id, seg = segment["video_id"], segment["segment_index"]
         pts_of = dict(zip(segment["frame_index"], segment["pts_s"]))
         faces: list[dict] = []
+        decoded: list[int] = []
         counts: list[int] = []
         frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"])
         for index, frame in frames:
             found = self.detector.detect(frame)
             crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
+            decoded.append(index)
             counts.append(len(found))
             for k in range(len(found)):
                 x1, y1, x2, y2 = found.xyxy[k].tolist()
@@ -77,11 +80,10 @@ class DecodeDetectCrop:
                     "det_score": float(found.confidence[k]), "landmarks": found.landmarks[k].reshape(-1).tolist(),
                     "crop": crops[k].tobytes(),
                 })
-        if len(counts) != len(segment["frame_index"]):
-            raise RuntimeError(f"decoder returned {len(counts)} of {len(segment['frame_index'])} frames")
         closing = {"kind": SEGMENT, "video_id": video_id, "segment_index": seg,
-                   "frames_index": segment["frame_index"], "frames_pts_s": segment["pts_s"],
-                   "frames_face_count": counts, "face_rows": len(faces)}
+                   "frames_index": decoded, "frames_pts_s": [pts_of[i] for i in decoded],
+                   "frames_face_count": counts, "face_rows": len(faces),
+                   "frames_lost": len(segment["frame_index"]) - len(decoded)}
         return faces + [closing]
 
 

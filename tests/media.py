@@ -11,8 +11,12 @@ import cv2
 import numpy as np
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0, rotation: int = 0) -> Path:
-    """Encode RGB frames (even width and height) as H.264 MP4; rotation is display metadata only."""
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0, rotation: int = 0,
+                times_s: list[float] | None = None) -> Path:
+    """Encode RGB frames (even width and height) as H.264 MP4; rotation is display metadata only.
+
+    With times_s each frame gets that presentation time (variable frame rate) in milliseconds.
+    """
     frames = iter(frames)
     first = next(frames)
     with av.open(str(path), "w") as container:
@@ -20,10 +24,15 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0, rot
         stream.height, stream.width = first.shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast"}
+        if times_s is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         if rotation:
             stream.set_display_rotation(rotation)
-        for frame in (first, *frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for k, frame in enumerate((first, *frames)):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if times_s is not None:
+                video_frame.pts, video_frame.time_base = round(times_s[k] * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))
     return path
 
