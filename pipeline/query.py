@@ -22,6 +22,7 @@ from pipeline.errors import FervidError
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql")
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
+DICTIONARY_COLUMNS = ("run_id", "emotion")
 
 
 def connect(results_dir: str | Path) -> duckdb.DuckDBPyConnection:
@@ -114,15 +115,21 @@ def _dataset(root: Path, table: str) -> ds.Dataset:
 
     The schema is the union over runs (one file per run name is enough: a run writes one schema),
     so runs with different models' labels read together, with NULL where a file lacks a column.
+    Strings with few values (video_id, run_id, emotion) arrive dictionary-encoded, which DuckDB
+    joins and groups on several times faster than plain strings.
     """
     files = sorted(root.glob(TABLE_FILES[table]))
     one_per_run = {path.name: path for path in files}.values()
     schema = pa.unify_schemas([pq.read_schema(path) for path in one_per_run])
-    partitioning = None
-    if table != "videos":
-        partitioning = ds.partitioning(pa.schema([("video_id", pa.string())]), flavor="hive")
-        schema = schema.append(pa.field("video_id", pa.string()))
-    return ds.dataset([str(path) for path in files], schema=schema, format="parquet", partitioning=partitioning,
+    if table == "videos":
+        return ds.dataset([str(path) for path in files], schema=schema, format="parquet")
+    codes = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema([f.with_type(codes) if f.name in DICTIONARY_COLUMNS else f for f in schema])
+    video_ids = sorted({path.parent.name.removeprefix("video_id=") for path in files})
+    partitioning = ds.HivePartitioning(pa.schema([("video_id", codes)]), dictionaries={"video_id": pa.array(video_ids)})
+    read_options = ds.ParquetReadOptions(dictionary_columns=[c for c in DICTIONARY_COLUMNS if c in schema.names])
+    return ds.dataset([str(path) for path in files], schema=schema.append(pa.field("video_id", codes)),
+                      format=ds.ParquetFileFormat(read_options=read_options), partitioning=partitioning,
                       partition_base_dir=str(root / table))
 
 
