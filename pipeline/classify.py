@@ -6,9 +6,15 @@ device, so only bytes cross from host to GPU. Safetensors only, never remote cod
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from pipeline.models import resolve_classifier
+
+if TYPE_CHECKING:
+    import torch
+    from transformers.image_processing_utils import BaseImageProcessor
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -19,6 +25,22 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def pixel_normalisation(processor: BaseImageProcessor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift), (1, 3, 1, 1), so that uint8 pixels * scale + shift is the processor's input.
+
+    Shared with fine-tuning, so a model is trained on exactly the input it is later run on.
+    """
+    import torch
+
+    mean = processor.image_mean if processor.do_normalize else [0.0, 0.0, 0.0]
+    std = processor.image_std if processor.do_normalize else [1.0, 1.0, 1.0]
+    rescale = processor.rescale_factor if processor.do_rescale else 1.0
+    # (x * rescale - mean) / std == x * scale + shift, per channel
+    scale = torch.tensor([rescale / s for s in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
 
 
 class EmotionClassifier:
@@ -46,12 +68,7 @@ class EmotionClassifier:
             local_files_only=True, attn_implementation="sdpa", dtype=self.dtype,
         ).to(self.device).eval()
         processor = AutoImageProcessor.from_pretrained(spec.source, revision=revision, local_files_only=True)
-        mean = processor.image_mean if processor.do_normalize else [0.0, 0.0, 0.0]
-        std = processor.image_std if processor.do_normalize else [1.0, 1.0, 1.0]
-        rescale = processor.rescale_factor if processor.do_rescale else 1.0
-        # (x * rescale - mean) / std == x * scale + shift, per channel
-        self.scale = torch.tensor([rescale / s for s in std], device=self.device).view(1, 3, 1, 1)
-        self.shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=self.device).view(1, 3, 1, 1)
+        self.scale, self.shift = pixel_normalisation(processor, self.device)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB crops -> (N, labels) float32 probabilities."""

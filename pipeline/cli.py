@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "video_summary, emotion_segments, transitions)")
     add_query_arguments(query)
     query.set_defaults(handler=cmd_query)
+    evaluate = commands.add_parser("eval", help="a classifier's accuracy on a folder of labelled face images")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=cmd_eval)
+    finetune = commands.add_parser("finetune", help="fine-tune a classifier on a folder of labelled face images")
+    add_finetune_arguments(finetune)
+    finetune.set_defaults(handler=cmd_finetune)
     return parser
 
 
@@ -89,6 +95,89 @@ def cmd_query(args: argparse.Namespace) -> int:
         except OSError as e:
             raise FervidError(f"cannot read {args.file}: {e.strerror}") from None
     query.run_query(args.results, sql, args.format, args.output)
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", help="folder with one sub-folder of images per label (names as in the model's "
+                        "id2label, any case)")
+    parser.add_argument("--model", required=True, help="classifier: hub id or local save_pretrained folder")
+    parser.add_argument("--json", help="also write the full report (per-label figures, confusion matrix) here")
+    parser.add_argument("--filter", metavar="GLOB", help="only image files whose name matches, e.g. 'PublicTest_*'")
+    parser.add_argument("--ignore-missing", action="store_true",
+                        help="skip folders that are no label of the model, and labels that have no folder")
+    parser.add_argument("--config", help="YAML run configuration whose classifier settings (batch size, device, "
+                        "actors, dtype) to use")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set classifier.batch_size=256 (repeatable)")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pipeline import evaluate
+    from pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    classifier = dataclasses.replace(config.classifier, model=args.model)
+    report = evaluate.evaluate(args.images, classifier, args.filter, args.ignore_missing, args.address)
+    print(evaluate.format_report(report))
+    if args.json:
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as e:
+            raise FervidError(f"cannot write {args.json}: {e.strerror}") from None
+    return 0
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.finetune import SCHEDULERS, Recipe
+
+    r = Recipe()
+    parser.add_argument("train", help="folder with one sub-folder of images per label; the folder names become "
+                        "the model's labels")
+    parser.add_argument("--out", required=True, help="folder for the fine-tuned model (new or empty, or one with a "
+                        "checkpoint to resume)")
+    parser.add_argument("--base", default=r.base, help="model to start from: hub id or save_pretrained folder "
+                        "(default: %(default)s)")
+    parser.add_argument("--eval-dir", help="labelled folder to evaluate on (same label folders as the training set)")
+    parser.add_argument("--filter", metavar="GLOB", help="only training files whose name matches")
+    parser.add_argument("--eval-filter", metavar="GLOB", help="only evaluation files whose name matches")
+    recipe = parser.add_argument_group("recipe (defaults: the trpakov/vit-face-expression model card)")
+    for flag, kind, what in (
+            ("lr", float, "peak learning rate"), ("batch-size", int, "images per micro-batch"),
+            ("grad-accum", int, "micro-batches per optimiser step"), ("adam-beta1", float, "Adam beta1"),
+            ("adam-beta2", float, "Adam beta2"), ("adam-eps", float, "Adam epsilon"),
+            ("weight-decay", float, "decoupled weight decay (0: plain Adam)"),
+            ("max-grad-norm", float, "gradient clipping norm (0: none)"),
+            ("warmup-steps", int, "learning-rate warm-up steps"), ("epochs", int, "passes over the training set"),
+            ("max-steps", int, "stop after this many optimiser steps (0: epochs decide)"),
+            ("seed", int, "seed for the new head, shuffling and augmentation"),
+            ("rotation", float, "random rotation, degrees either way"),
+            ("flip", float, "probability of a horizontal flip"), ("zoom", float, "random zoom within 1 +- this"),
+            ("eval-steps", int, "evaluate and log every N optimiser steps (0: every epoch)"),
+            ("save-steps", int, "checkpoint every N optimiser steps")):
+        default = getattr(r, flag.replace("-", "_"))
+        recipe.add_argument(f"--{flag}", type=kind, default=default, help=f"{what} (default: %(default)s)")
+    recipe.add_argument("--scheduler", choices=SCHEDULERS, default=r.scheduler, help="(default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="image loading processes (default: %(default)s)")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.finetune import Recipe, finetune
+
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
+    summary = finetune(args.train, args.out, recipe, eval_dir=args.eval_dir, device=args.device,
+                       workers=args.workers, log=lambda line: print(line, flush=True))
+    final = summary["final_eval"]
+    print(f"wrote {args.out}: {summary['steps']} steps in {summary['wall_s']:.0f}s"
+          + (f", accuracy {final['accuracy']:.4f} on {final['images']} images" if final else ""))
     return 0
 
 

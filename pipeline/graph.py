@@ -1,7 +1,9 @@
-"""The only module that knows Ray: connecting, probing in isolated tasks, and the Ray Data graph.
+"""The only module that knows Ray: connecting, probing in isolated tasks, and the Ray Data graphs.
 
-    from_items(segments) -> map_batches(DecodeDetectCrop, CPU actors)
-                         -> map_batches(Classify, GPU/CPU actors) -> driver
+    fervid run:  from_items(segments) -> map_batches(DecodeDetectCrop, CPU actors)
+                                      -> map_batches(Classify, GPU/CPU actors) -> driver
+    fervid eval: from_items(images)   -> map_batches(read_image_crops, CPU tasks)
+                                      -> map_batches(Classify, GPU/CPU actors) -> driver
 """
 
 from __future__ import annotations
@@ -9,13 +11,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from pipeline.config import Config
+from pipeline.config import ClassifierConfig, Config
 from pipeline.decode import VideoInfo, probe
 from pipeline.models import ClassifierSpec
-from pipeline.stages import Classify, DecodeDetectCrop
+from pipeline.stages import Classify, DecodeDetectCrop, read_image_crops
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 def connect(address: str | None) -> None:
@@ -63,8 +69,6 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
 
     d, c = config.detector, config.classifier
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
     # Decode+detect actors share what the classifier leaves, fractionally if need be, so that
     # every actor fits and a light classifier (num_cpus < 1) doesn't idle a whole core.
     cpus_left = max(resources.get("CPU", 1) - c.actors * c.num_cpus, 0.5)
@@ -72,15 +76,40 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     extract_cpus = min(float(d.threads), cpus_left / extract_actors)
     detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
                 "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads, "device": d.device}
-    classifier = {"model": spec.source, "revision": c.revision, "device": c.device, "dtype": c.dtype,
-                  "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
     ds = ray.data.from_items(segments, override_num_blocks=max(1, len(segments)))
     ds = ds.map_batches(
         DecodeDetectCrop, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
                                                  "crop_size": spec.input_size},
         batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus)
-    ds = ds.map_batches(
+    yield from _classify(ds, c, spec).iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def stream_image_scores(images: list[dict], c: ClassifierConfig, spec: ClassifierSpec,
+                        images_per_block: int = 256) -> Iterator[pa.Table]:
+    """Score rows naming image files ({"path": ..., any other columns}) with the Classify stage of `fervid run`.
+
+    Reading and resizing is a stage of its own (Ray Data fuses it into the classifier actors where
+    their resources agree); rows come back with `p_<label>` columns, in any order, without the
+    files that could not be read.
+    """
+    import ray
+
+    ds = ray.data.from_items(images, override_num_blocks=max(1, -(-len(images) // images_per_block)))
+    ds = ds.map_batches(read_image_crops, fn_kwargs={"side": spec.input_size}, batch_size=None,
+                        batch_format="pyarrow", num_cpus=1)
+    yield from _classify(ds, c, spec).iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -> ray.data.Dataset:
+    """The classifier actor pool, on a GPU each where the cluster has GPUs (unless num_gpus says otherwise)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
+    classifier = {"model": spec.source, "revision": c.revision, "device": c.device, "dtype": c.dtype,
+                  "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
+    return ds.map_batches(
         Classify, fn_constructor_kwargs={"classifier": classifier},
         batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),
         num_cpus=c.num_cpus, num_gpus=num_gpus)
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -1,8 +1,9 @@
-"""The two batch stages, as plain callables over Arrow tables (the wiring module runs them on Ray).
+"""The batch stages, as plain callables over Arrow tables (the wiring module runs them on Ray).
 
 DecodeDetectCrop turns segments into small rows: one per face (with its crop as bytes) and one
 closing row per segment (its sampled frames, face counts, any error). Full frames never leave it.
-Classify scores the face rows and passes the segment rows through.
+Classify scores the face rows and passes the segment rows through. read_image_crops gives
+labelled images the same crop column, so `fervid eval` scores them with the same Classify.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pyarrow as pa
 
 from pipeline.crop import square_crops
 from pipeline.decode import read_frames
+from pipeline.imagefolder import load_image
 
 FACE, SEGMENT = "face", "segment"
 
@@ -100,8 +102,23 @@ def scored_schema(labels: list[str]) -> pa.Schema:
     return schema
 
 
+def read_image_crops(batch: pa.Table, side: int) -> pa.Table:
+    """Add the `crop` column to rows naming image files; files that cannot be read are dropped."""
+    keep, crops = [], []
+    for i, path in enumerate(batch.column("path").to_pylist()):
+        try:
+            crops.append(load_image(path, side).tobytes())
+        except OSError:  # PIL's error for unreadable and non-image files; the driver reports them
+            continue
+        keep.append(i)
+    return batch.take(pa.array(keep, type=pa.int64())).append_column("crop", pa.array(crops, type=pa.binary()))
+
+
 class Classify:
-    """Score every face row's crop; add a `p_<label>` column per model label; drop the crops."""
+    """Score every face row's crop; add a `p_<label>` column per model label; drop the crops.
+
+    Rows without a `kind` column (labelled images for `fervid eval`) are all scored.
+    """
 
     def __init__(self, classifier: dict) -> None:
         from pipeline.classify import EmotionClassifier
@@ -110,8 +127,10 @@ class Classify:
         self.columns = score_columns(self.model.labels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        kinds = batch.column("kind").to_numpy(zero_copy_only=False)
-        is_face = kinds == FACE
+        if "kind" in batch.column_names:
+            is_face = batch.column("kind").to_numpy(zero_copy_only=False) == FACE
+        else:
+            is_face = np.ones(len(batch), dtype=bool)
         probs = np.full((len(batch), len(self.columns)), np.nan, dtype=np.float32)
         if is_face.any():
             side = self.model.input_size

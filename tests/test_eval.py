@@ -1,0 +1,77 @@
+"""`fervid eval`: FER2013 accuracy through the Ray Data path of `fervid run`, the metrics, label matching."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ClassifierConfig
+from pipeline.evaluate import evaluate, metrics
+from tests.conftest import TEST_CONFIG
+from tests.test_cli import assert_one_line_error, fervid
+
+
+def test_eval_reproduces_the_public_test_accuracy_of_the_model_card(shared, tmp_path):
+    model = shared / "models" / "vit-fer-tiny"
+    expected = json.loads((model / "metrics.json").read_text())["public_test_accuracy"]
+    result = fervid("eval", shared / "fer2013" / "test", "--model", model, "--filter", "PublicTest_*",
+                    "--config", TEST_CONFIG, "--json", tmp_path / "report.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert abs(report["accuracy"] - expected) <= 0.005
+    assert report["images"] == 3589 and report["unreadable"] == []
+    confusion = np.array(report["confusion"])
+    assert confusion.sum() == 3589 and np.trace(confusion) / 3589 == pytest.approx(report["accuracy"])
+    assert sum(m["images"] for m in report["per_label"].values()) == 3589
+    assert report["macro_f1"] == pytest.approx(np.mean([m["f1"] for m in report["per_label"].values()]))
+    assert 0 < report["loss"] < math.log(7) * 2
+    assert f"accuracy {report['accuracy']:.4f}" in result.stdout
+    for label in report["labels"]:
+        assert any(line.startswith(label) for line in result.stdout.splitlines())
+
+
+def test_metrics_on_a_worked_example():
+    # 3 labels; "c" has no images but is predicted once
+    truth = np.array([0, 0, 0, 1, 1])
+    predicted = np.array([0, 0, 1, 1, 2])
+    probs = np.full((5, 3), 0.1, dtype=np.float32)
+    probs[np.arange(5), predicted] = 0.8
+    m = metrics(truth, probs, ["a", "b", "c"])
+    assert m["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 0]]
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["per_label"]["a"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "images": 3})
+    assert m["per_label"]["b"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "images": 2})
+    assert "c" not in m["per_label"] and m["macro_f1"] == pytest.approx(0.65)
+    assert m["loss"] == pytest.approx(-(3 * math.log(0.8) + 2 * math.log(0.1)) / 5, rel=1e-6)
+
+
+@pytest.fixture
+def mismatched(shared, tmp_path) -> Path:
+    """Happy and SAD (matching labels in another case), bored (no such label), and one broken file."""
+    root = tmp_path / "faces"
+    for folder, source in (("Happy", "happy"), ("SAD", "sad"), ("bored", "neutral")):
+        (root / folder).mkdir(parents=True)
+        for image in sorted((shared / "fer2013" / "test" / source).glob("PublicTest_*"))[:4]:
+            (root / folder / image.name).symlink_to(image)
+    (root / "Happy" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_label_mismatch_is_one_clear_error(shared, mismatched):
+    result = fervid("eval", mismatched, "--model", shared / "models" / "vit-fer-tiny")
+    assert_one_line_error(result, "folders with no label: bored",
+                          "labels with no folder: angry, disgust, fear, neutral, surprise", "--ignore-missing")
+
+
+def test_ignore_missing_scores_the_matching_folders_and_lists_the_rest(shared, mismatched):
+    classifier = ClassifierConfig(model=str(shared / "models" / "vit-fer-tiny"), device="cpu", num_gpus=0)
+    report = evaluate(mismatched, classifier, ignore_missing=True)
+    assert report["images"] == 8
+    assert sorted(report["per_label"]) == ["happy", "sad"]
+    assert report["skipped_folders"] == ["bored"]
+    assert report["labels_without_folder"] == ["angry", "disgust", "fear", "neutral", "surprise"]
+    assert [Path(p).name for p in report["unreadable"]] == ["broken.jpg"]
