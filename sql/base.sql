@@ -30,7 +30,7 @@ SELECT video_id, * EXCLUDE (video_id)
 FROM {faces_files}
 SEMI JOIN videos USING (video_id, run_id);
 
--- The label with the highest probability in a list ordered like the labels; ties go to the first,
--- as in faces.emotion. NULL when there are no probabilities (no face).
+-- The label with the highest value (a probability, a count) in a list ordered like the labels;
+-- ties go to the first label, as in faces.emotion. NULL when all values are NULL (no face).
 CREATE MACRO dominant(probs) AS
     CASE WHEN list_max(probs) IS NOT NULL THEN [{labels}][list_position(probs, list_max(probs))] END;
