@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 "video_summary, emotion_segments, transitions)")
     add_query_arguments(query)
     query.set_defaults(handler=cmd_query)
+    report = commands.add_parser("report", help="an HTML page per analysed video and a sortable index.html")
+    add_report_arguments(report)
+    report.set_defaults(handler=cmd_report)
+    annotate = commands.add_parser("annotate", help="a video's sampled frames with face boxes, emotions and tracks "
+                                   "drawn on, as MP4")
+    add_annotate_arguments(annotate)
+    annotate.set_defaults(handler=cmd_annotate)
     evaluate = commands.add_parser("eval", help="a classifier's accuracy on a folder of labelled face images")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
@@ -95,6 +102,35 @@ def cmd_query(args: argparse.Namespace) -> int:
         except OSError as e:
             raise FervidError(f"cannot read {args.file}: {e.strerror}") from None
     query.run_query(args.results, sql, args.format, args.output)
+    return 0
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("--video", dest="videos", action="extend", nargs="+", metavar="ID_OR_PATH",
+                        help="only these videos, by video_id or the path they were analysed from (default: all)")
+    parser.add_argument("--out", help="folder for the report (default: RESULTS-report beside the results folder)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    print(f"wrote {write_report(args.results, args.out, args.videos)}")
+    return 0
+
+
+def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("--video", required=True, metavar="ID_OR_PATH",
+                        help="the video, by video_id or the path it was analysed from")
+    parser.add_argument("--out", required=True, help="the annotated video to write (.mp4, H.264)")
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from pipeline.annotate import annotate
+
+    written, sampled = annotate(args.results, args.video, args.out)
+    print(f"wrote {args.out}: {written} of {sampled} sampled frames")
     return 0
 
 

@@ -90,6 +90,19 @@ def frames_table(segments: list[dict], run_id: str) -> pa.Table:
     }, schema=FRAMES_SCHEMA)
 
 
+def latest_records(root: str | Path) -> pa.Table:
+    """Per video, its latest record that was not a skip; reads only, so a report can use it on a read-only folder."""
+    files = sorted((Path(root) / "videos").glob("*.parquet"))
+    if not files:
+        return VIDEOS_SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
+    table = table.filter(pc.not_equal(table["status"], "skipped"))
+    table = table.sort_by([("video_id", "ascending"), ("finished_at", "descending")])
+    ids = table.column("video_id").to_numpy(zero_copy_only=False)
+    first = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
+    return table.filter(pa.array(first))
+
+
 class ResultsStore:
     """Reads and writes one RESULTS folder."""
 
@@ -125,16 +138,7 @@ class ResultsStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def latest_records(self) -> pa.Table:
-        """Per video, its latest record that was not a skip."""
-        files = sorted((self.root / "videos").glob("*.parquet"))
-        if not files:
-            return VIDEOS_SCHEMA.empty_table()
-        table = pa.concat_tables([pq.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
-        table = table.filter(pc.not_equal(table["status"], "skipped"))
-        table = table.sort_by([("video_id", "ascending"), ("finished_at", "descending")])
-        ids = table.column("video_id").to_numpy(zero_copy_only=False)
-        first = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
-        return table.filter(pa.array(first))
+        return latest_records(self.root)
 
     def done(self, fingerprint: str) -> set[str]:
         """Video ids whose latest run is ok with this config fingerprint."""

@@ -1,0 +1,73 @@
+"""Benchmark: `fervid report` over many videos, with its wall time and the process's peak memory.
+
+    python -m jobs.bench_report RESULTS [--videos 100] [--keep DIR]    copies of a real run's videos
+    python -m jobs.bench_report --frames 5000 [--videos 100]          synthetic long videos, sources absent
+
+With RESULTS, each fabricated video is a copy of one of its analysed videos' partitions under a new
+video_id, pointing at the same source file, so the key-moment thumbnails are really decoded. With
+--frames, the videos are jobs.bench_query's synthetic ones (a face on every frame), whose source files
+do not exist: the pages say so, and the time is the views, the charts and the HTML alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from jobs.bench_query import write_synthetic
+from pipeline.report import write_report
+from pipeline.results import ResultsStore, latest_records
+
+
+def fabricate(source: Path, root: Path, videos: int) -> None:
+    """A RESULTS folder of `videos` videos, copied round-robin from the ok videos of SOURCE."""
+    originals = [r for r in latest_records(source).to_pylist() if r["status"] == "ok"]
+    store = ResultsStore(root)
+    copies = []
+    for i in range(videos):
+        record = originals[i % len(originals)]
+        copy = {**record, "video_id": f"{i:04x}{record['video_id'][4:]}"}
+        for table in ("faces", "frames"):
+            target = root / table / f"video_id={copy['video_id']}" / f"{record['run_id']}.parquet"
+            target.parent.mkdir(parents=True)
+            shutil.copyfile(source / table / f"video_id={record['video_id']}" / target.name, target)
+        copies.append(copy)
+    store.write_records("bench", copies)
+    for run in (source / "runs").glob("*.json"):
+        shutil.copyfile(run, root / "runs" / run.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", help="a real RESULTS folder to copy videos from")
+    parser.add_argument("--videos", type=int, default=100)
+    parser.add_argument("--frames", type=int, help="synthetic videos of this many sampled frames instead")
+    parser.add_argument("--keep", help="write the fabricated RESULTS and the report here (default: a temp folder)")
+    args = parser.parse_args()
+    if (args.results is None) == (args.frames is None):
+        parser.error("give either RESULTS or --frames")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.keep or scratch)
+        if args.frames:
+            write_synthetic(root / "results", args.videos, args.frames)
+        else:
+            fabricate(Path(args.results), root / "results", args.videos)
+        before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
+        index = write_report(root / "results", root / "report")
+        wall_s = time.perf_counter() - started
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        pages = len(list(index.parent.glob("*.html"))) - 1
+        thumbs = len(list((index.parent / "thumbs").glob("*.jpg")))
+        size_mib = sum(p.stat().st_size for p in index.parent.rglob("*") if p.is_file()) / 2**20
+        print(f"{pages} video pages, {thumbs} thumbnails, {size_mib:.1f} MiB (plotly.min.js included) "
+              f"in {wall_s:.1f}s ({wall_s / max(pages, 1) * 1000:.0f} ms per video); "
+              f"peak RSS {peak_mib:.0f} MiB ({before_mib:.0f} MiB before the report)")
+
+
+if __name__ == "__main__":
+    main()

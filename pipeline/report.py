@@ -1,0 +1,245 @@
+"""`fervid report`: one HTML page per analysed video and a sortable index.html, readable offline and movable.
+
+Every number on the pages comes from the SQL views (pipeline.query), asked one video at a time, so a report
+over many videos never holds more than one video's rows. Charts are plotly.js figures drawn by the
+plotly.js that ships inside the plotly package, copied once into the report folder and linked relatively;
+their data and layout are written as plotly.js documents them (plotly's Python figure objects validate
+every point, which took most of the report's time). Jinja autoescapes everything, so file names, paths,
+errors and model ids show as text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import duckdb
+import jinja2
+import plotly
+
+from pipeline import query
+from pipeline.config import CropConfig
+from pipeline.crop import square_crops
+from pipeline.decode import read_frames
+from pipeline.errors import FervidError
+from pipeline.results import latest_records
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+THUMB_PX = 128
+MAX_POINTS = 600  # chart points per track at most: long videos get wider timeline buckets
+MAX_CHARTS = 8  # tracks charted per video, the longest ones: a crowd's passers-by would bury the people who stay
+DOMINANT_Y = 1.06  # height of the dominant-emotion strip above the stacked probabilities
+# One colour per emotion, the same in every chart, table and annotated video; other labels take the palette in order.
+KNOWN_COLOURS = {
+    "angry": "#d62728", "disgust": "#6b8e23", "fear": "#9467bd", "happy": "#f2b400", "neutral": "#9e9e9e",
+    "sad": "#1f77b4", "surprise": "#ff7f0e", "contempt": "#8c564b",
+}
+OTHER_COLOURS = ("#17becf", "#e377c2", "#2ca02c", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 videos: list[str] | None = None) -> Path:
+    """Write a page per selected video (all by default) and index.html into OUT; returns the index's path.
+
+    OUT defaults to a folder beside RESULTS named `<RESULTS>-report`, so the results folder stays read-only.
+    """
+    root = Path(results_dir).resolve()
+    out = Path(out_dir) if out_dir else root.with_name(root.name + "-report")
+    con = query.connect(root)
+    records = latest_records(root)
+    if videos:
+        chosen = {r["video_id"] for r in find_videos(records.to_pylist(), videos)}
+        records = records.filter([video_id in chosen for video_id in records.column("video_id").to_pylist()])
+    con.register("records", records)
+    labels = labels_of(con)
+    colours = emotion_colours(labels)
+    try:
+        (out / "thumbs").mkdir(parents=True, exist_ok=True)
+        if not (out / PLOTLY_JS.name).is_file() or (out / PLOTLY_JS.name).stat().st_size != PLOTLY_JS.stat().st_size:
+            shutil.copyfile(PLOTLY_JS, out / PLOTLY_JS.name)
+    except OSError as e:
+        raise FervidError(f"cannot write the report to {out}: {e.strerror}") from None
+    env = _environment()
+    # One pass over all videos for the index and every page's header and coverage; the rest is per video.
+    rows = _sql(con, """
+        SELECT r.* EXCLUDE (duration_s, sampled_frames, faces),
+            coalesce(s.duration_s, r.duration_s) AS duration_s,
+            s.* EXCLUDE (video_id, path, duration_s),
+            s.faces / nullif(s.sampled_frames, 0) AS faces_per_frame,
+            coalesce(most.most_faces, 0) AS most_faces, coalesce(tracks.tracks, 0) AS tracks
+        FROM records r
+        LEFT JOIN video_summary s USING (video_id)
+        LEFT JOIN (SELECT video_id, max(face_count) AS most_faces FROM frames GROUP BY video_id) most USING (video_id)
+        LEFT JOIN (SELECT video_id, count(DISTINCT track_id) AS tracks FROM faces GROUP BY video_id) tracks
+            USING (video_id)
+        ORDER BY r.path""")
+    for row in rows:
+        if row["status"] == "ok":
+            page = _video_page(con, root, out, row, labels, colours)
+            _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
+    _write(out / "index.html", env.get_template("index.html").render(rows=rows, colours=colours, results=root))
+    return out / "index.html"
+
+
+def find_videos(records: list[dict], wanted: list[str], among: str = "the results") -> list[dict]:
+    """The records named by video id or by the path they were analysed from, in the order asked for."""
+    found = []
+    for name in wanted:
+        path = os.path.abspath(name)  # as fervid run records it
+        match = [r for r in records if name == r["video_id"] or path == r["path"]]
+        if not match:
+            raise FervidError(f"{name!r} is not the video_id or path of any of {among}")
+        found += match
+    return found
+
+
+def labels_of(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The model's labels in its order, as the views name them (video_summary's mean_<label> columns)."""
+    return [c.removeprefix("mean_") for c in con.sql("SELECT * FROM video_summary LIMIT 0").columns
+            if c.startswith("mean_")]
+
+
+def emotion_colours(labels: list[str]) -> dict[str, str]:
+    """Label -> hex colour: the fixed colours for the usual emotions, the rest from a palette in label order."""
+    others = iter(OTHER_COLOURS * (len(labels) // len(OTHER_COLOURS) + 1))
+    return {label: KNOWN_COLOURS.get(label) or next(others) for label in labels}
+
+
+def source_problem(path: str, size_bytes: int) -> str | None:
+    """Why the source video cannot be shown again (gone or replaced), or None when it is still there."""
+    file = Path(path)
+    if not file.is_file():
+        return f"the source video is no longer at {path}"
+    if file.stat().st_size != size_bytes:
+        return f"the file at {path} has changed since it was analysed"
+    return None
+
+
+def clock(seconds: float | None) -> str:
+    """Seconds as m:ss.s (h:mm:ss.s past an hour), as a video player shows time."""
+    if seconds is None:
+        return ""
+    minutes, s = divmod(max(seconds, 0.0), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{s:04.1f}" if hours else f"{minutes}:{s:04.1f}"
+
+
+def _video_page(con: duckdb.DuckDBPyConnection, root: Path, out: Path, video: dict, labels: list[str],
+                colours: dict[str, str]) -> dict:
+    """Everything one video's page shows besides its index row, read from the views for that video only."""
+    params = {"id": video["video_id"]}
+    segments = _sql(con, """
+        SELECT *, sum(duration_s) OVER (PARTITION BY emotion) AS emotion_s,
+            sum(duration_s) OVER (PARTITION BY emotion) / sum(duration_s) OVER () AS emotion_share
+        FROM emotion_segments WHERE video_id = $id ORDER BY track_id, start_s""", **params)
+    shares = sorted({s["emotion"]: s for s in segments}.values(), key=lambda s: (-s["emotion_s"], s["emotion"]))
+    # Buckets as fine as the sampling, but at most MAX_POINTS over the video: a long video's page stays small.
+    bucket_s = round(max(video["duration_s"] / max(video["sampled_frames"], 1), video["duration_s"] / MAX_POINTS,
+                         0.001), 3)
+    timeline = _sql(con, f"SELECT *, (start_s + end_s) / 2 AS t FROM timeline({bucket_s}) WHERE video_id = $id "
+                         "ORDER BY start_s, track_id", **params)
+    moments = _key_moments(con, video, labels)
+    run = root / "runs" / f"{video['run_id']}.json"
+    config = json.loads(run.read_text()).get("config", {}) if run.is_file() else {}
+    missing = _thumbnails(video, moments, config.get("crop", {}).get("margin", CropConfig.margin), out)
+    return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
+            "config": config, "bucket_s": bucket_s, **_charts(timeline, labels, colours, video["duration_s"])}
+
+
+def _key_moments(con: duckdb.DuckDBPyConnection, video: dict, labels: list[str]) -> list[dict]:
+    """Per emotion, its peak from video_summary and the face showing it (the most confident face at that time)."""
+    peaks = {label: video[f"peak_{label}_s"] for label in labels if video[f"peak_{label}_s"] is not None}
+    if not peaks:
+        return []
+    faces = _sql(con, "SELECT * FROM faces WHERE video_id = $id AND list_contains($times, pts_s)",
+                 id=video["video_id"], times=sorted(set(peaks.values())))
+    moments = []
+    for label, pts_s in peaks.items():
+        face = max((f for f in faces if f["pts_s"] == pts_s), key=lambda f: f[f"p_{label}"])
+        moments.append({"label": label, "pts_s": pts_s, "p": video[f"peak_{label}"], "face": face,
+                        "thumb": f"thumbs/{video['video_id']}-{label}.jpg", "has_thumb": False})
+    return moments
+
+
+def _thumbnails(video: dict, moments: list[dict], margin: float, out: Path) -> str | None:
+    """Cut each key moment's face from its frame, re-decoded from the source video; None, or why there are none.
+
+    Only the peak frames are decoded. A moment whose frame cannot be decoded any more loses its thumbnail.
+    """
+    problem = source_problem(video["path"], video["size_bytes"])
+    if problem or not moments:
+        return problem
+    by_frame: dict[int, list[dict]] = {}
+    for moment in moments:
+        by_frame.setdefault(moment["face"]["frame_index"], []).append(moment)
+    try:
+        for index, frame in read_frames(video["path"], video["decoder"], sorted(by_frame), video["rotation"]):
+            chosen = by_frame[index]
+            boxes = [[m["face"][c] for c in ("x1", "y1", "x2", "y2")] for m in chosen]
+            for moment, crop in zip(chosen, square_crops(frame, boxes, margin, THUMB_PX)):
+                moment["has_thumb"] = cv2.imwrite(str(out / moment["thumb"]), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    except Exception as e:  # decord and PyAV raise their own error types; the page says what happened
+        return f"the source video could not be decoded again ({type(e).__name__}: {e})"
+    return None
+
+
+def _charts(timeline: list[dict], labels: list[str], colours: dict[str, str], duration_s: float) -> dict:
+    """Per face track (the MAX_CHARTS seen longest), a stacked area of its emotion probabilities per timeline
+    bucket, the dominant one on top; and how many tracks were left out.
+
+    Every track spans the video's sampled buckets; where its face is absent the stack drops to zero and the
+    hover says "no face".
+    """
+    times = sorted({row["t"] for row in timeline})
+    tracks: dict[int | None, dict[float, dict]] = {}
+    for row in timeline:
+        if row["faces_seen"]:
+            tracks.setdefault(row["track_id"], {})[row["t"]] = row
+    longest = sorted(tracks, key=lambda t: -len(tracks[t]))[:MAX_CHARTS]
+    layout = {
+        "height": 320, "hovermode": "x unified", "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
+        "xaxis": {"range": [0, duration_s], "hoverformat": ".2f", "ticksuffix": " s", "gridcolor": "#eee"},
+        "yaxis": {"range": [0, DOMINANT_Y + 0.04], "tickformat": ".0%", "tickvals": [0, 0.25, 0.5, 0.75, 1],
+                  "gridcolor": "#eee"},
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom", "traceorder": "normal"},
+    }
+    charts = []
+    for track_id in sorted(longest, key=lambda t: (t is None, t or 0)):
+        rows = [tracks[track_id].get(t) for t in times]
+        data = [{
+            "type": "scatter", "x": times, "y": [row[f"p_{label}"] if row else 0.0 for row in rows], "name": label,
+            "stackgroup": "p", "mode": "lines", "line": {"color": colours[label], "width": 0.5},
+            "fillcolor": colours[label], "hovertemplate": "%{customdata}",
+            "customdata": [f"{row[f'p_{label}']:.1%}" if row else "no face" for row in rows],
+        } for label in labels]
+        data.append({
+            "type": "scatter", "x": times, "y": [DOMINANT_Y if row else None for row in rows], "name": "dominant",
+            "mode": "markers", "showlegend": False, "hovertemplate": "%{customdata}",
+            "marker": {"symbol": "square", "size": 7,
+                       "color": [colours[row["emotion"]] if row else "#fff" for row in rows]},
+            "customdata": [row["emotion"] if row else "no face" for row in rows],
+        })
+        charts.append({"track_id": track_id, "figure": {"data": data, "layout": layout}})
+    return {"charts": charts, "uncharted": len(tracks) - len(charts)}
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["clock"] = clock
+    env.filters["name"] = lambda path: Path(path).name
+    return env
+
+
+def _sql(con: duckdb.DuckDBPyConnection, sql: str, **params) -> list[dict]:
+    return con.sql(sql, params=params or None).to_dicts()
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise FervidError(f"cannot write {path}: {e.strerror}") from None
