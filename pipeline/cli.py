@@ -47,7 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="fine-tune a classifier on a folder of labelled face images")
     add_finetune_arguments(finetune)
     finetune.set_defaults(handler=cmd_finetune)
+    bench = commands.add_parser("bench", help="throughput per stage, end to end, and against a plain sequential loop")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=cmd_bench)
     return parser
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from jobs.bench import add_bench_arguments as add
+
+    add(parser)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jobs.bench import run_from_args
+
+    return run_from_args(args)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
