@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from pipeline.errors import FervidError
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql")
+VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql",
+              "tracks.sql")
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
 DICTIONARY_COLUMNS = ("run_id", "emotion")
 

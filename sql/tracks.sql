@@ -1,0 +1,15 @@
+-- One row per face track: when it was first and last seen, in how many sampled frames, the emotion
+-- its mean probabilities favour, and the mean probability of each emotion.
+CREATE VIEW tracks AS
+SELECT
+    video_id, track_id,
+    min(pts_s) AS first_s, max(pts_s) AS last_s,
+    count(*) AS frames,
+    dominant([
+        avg(p_{label}),
+    ]) AS dominant_emotion,
+    avg(p_{label}) AS mean_{label},
+FROM faces
+WHERE track_id IS NOT NULL
+GROUP BY video_id, track_id
+ORDER BY video_id, track_id;
