@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,20 +112,17 @@ def reference_loop(paths: list[Path], config: Config) -> dict:
     return {"frames": frames, "faces": faces, "wall_s": wall, "frames_per_s": frames / wall}
 
 
-class WorkerMemory:
-    """Samples the resident memory of this Ray instance's workers while fervid runs; keeps the peak sum."""
+class Sampler:
+    """Calls `read` every `every_s` seconds in a background thread while in its `with` block; keeps the values
+    it returns (None: nothing to record then)."""
 
-    def __init__(self, every_s: float = 0.25) -> None:
-        import ray
-
-        node = ray._private.worker.global_worker.node
-        self.raylets = {info.process.pid for info in node.all_processes.get("raylet", [])}
-        self.peak_bytes = 0
-        self.every_s = every_s
+    def __init__(self, read: Callable[[], float | None], every_s: float = 0.25) -> None:
+        self.read, self.every_s = read, every_s
+        self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self) -> WorkerMemory:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -134,7 +132,18 @@ class WorkerMemory:
 
     def _poll(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.peak_bytes = max(self.peak_bytes, sum(_rss(pid) for pid in _children(self.raylets)))
+            value = self.read()
+            if value is not None:
+                self.samples.append(value)
+
+
+def worker_memory() -> Callable[[], int]:
+    """A reading of the summed resident memory of this Ray instance's workers, in bytes."""
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    raylets = {info.process.pid for info in node.all_processes.get("raylet", [])}
+    return lambda: sum(_rss(pid) for pid in _children(raylets))
 
 
 def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
@@ -147,7 +156,7 @@ def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
     graph.connect(None)
     ray_start_s = time.perf_counter() - start
     folder = paths[0].parent
-    with WorkerMemory() as workers:
+    with Sampler(worker_memory()) as workers:
         summary = Runner(folder, out, config, force=True, show_progress=False).run()
     stats = ray._private.internal_api.memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
     spilled = re.search(r"Spilled (\d+) MiB", stats)
@@ -156,7 +165,8 @@ def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
         "wall_s": summary.wall_s, "frames_per_s": summary.frames / summary.wall_s,
         "faces_per_s": summary.faces / summary.wall_s, "first_result_s": summary.first_result_s,
         "ray_start_s": ray_start_s, "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "workers_peak_rss_mib": workers.peak_bytes / 2**20, "spilled_mib": int(spilled.group(1)) if spilled else 0,
+        "workers_peak_rss_mib": max(workers.samples, default=0) / 2**20,
+        "spilled_mib": int(spilled.group(1)) if spilled else 0,
     }
 
 

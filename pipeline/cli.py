@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="analyse a folder of videos into Parquet")
     add_run_arguments(run)
     run.set_defaults(handler=cmd_run)
+    submit = commands.add_parser("submit", help="analyse a folder as a Ray job on a running cluster "
+                                 "(Ray Job Submission API) and follow its logs")
+    add_submit_arguments(submit)
+    submit.set_defaults(handler=cmd_submit)
+    jobs = commands.add_parser("jobs", help="status, logs or stop of a job started with fervid submit")
+    add_jobs_arguments(jobs)
+    jobs.set_defaults(handler=cmd_jobs)
     query = commands.add_parser("query", help="SQL over a results folder (views: videos, frames, faces, timeline, "
                                 "video_summary, emotion_segments, transitions)")
     add_query_arguments(query)
@@ -87,6 +94,82 @@ def cmd_run(args: argparse.Namespace) -> int:
                      show_progress=not args.quiet).run()
     print(summary.line())
     return EXIT_SOME_FAILED if summary.counts["failed"] else 0
+
+
+JOBS_ADDRESS_HELP = ("the cluster's dashboard, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, else "
+                     "RAY_ADDRESS, as for `ray job`)")
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", help="folder of videos (or one video) at a path every node of the cluster sees")
+    parser.add_argument("--out", required=True, help="results folder at a path every node of the cluster sees")
+    parser.add_argument("--config", help="YAML run configuration, read and checked here; local model paths in it "
+                        "must exist on every node")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set classifier.num_gpus=0.5 (repeatable)")
+    parser.add_argument("--address", help=JOBS_ADDRESS_HELP)
+    parser.add_argument("--force", action="store_true", help="redo videos already analysed with this config")
+    parser.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline import submit
+    from pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    with submit.jobs_api(args.address) as client:
+        job_id = submit.submit(client, args.videos, args.out, config, force=args.force)
+        print(job_id, flush=True)
+        if args.no_follow:
+            return 0
+        try:
+            job = submit.follow(client, job_id)
+        except KeyboardInterrupt:
+            print(f"fervid: stopped following; job {job_id} goes on (fervid jobs stop {job_id} stops it)",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+    print(submit.describe(job), file=sys.stderr)
+    return _job_exit_code(job)
+
+
+def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    for action, what in (("status", "print the job's status"), ("logs", "print the job's logs"),
+                         ("stop", "stop the job (videos it has committed are kept) and wait until it has")):
+        sub = actions.add_parser(action, help=what)
+        sub.add_argument("job_id", help="as printed by fervid submit")
+        sub.add_argument("--address", help=JOBS_ADDRESS_HELP)
+        if action == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """status and logs exit 0 when they could ask; stop exits as `fervid submit` would for the stopped job."""
+    from pipeline import submit
+
+    with submit.jobs_api(args.address) as client:
+        if args.action == "status":
+            print(submit.describe(client.get_job_info(args.job_id)))
+        elif args.action == "logs" and args.follow:
+            submit.follow(client, args.job_id)
+        elif args.action == "logs":
+            print(client.get_job_logs(args.job_id), end="")
+        else:
+            job = submit.stop(client, args.job_id)
+            print(submit.describe(job))
+            return _job_exit_code(job)
+    return 0
+
+
+def _job_exit_code(job) -> int:
+    """0 succeeded, 130 stopped, else the entrypoint's own exit status (3: some videos failed), or 1."""
+    from ray.job_submission import JobStatus
+
+    if job.status == JobStatus.SUCCEEDED:
+        return 0
+    if job.status == JobStatus.STOPPED:
+        return EXIT_INTERRUPTED
+    return job.driver_exit_code if job.driver_exit_code and job.driver_exit_code > 0 else EXIT_ERROR
 
 
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:

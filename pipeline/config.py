@@ -35,7 +35,9 @@ class DetectorConfig:
     max_faces: int = 0  # per frame, largest first; 0 keeps all
     threads: int = 1  # ONNX Runtime threads per detector actor
     actors: int = 0  # decode+detect+crop actors; 0 means one per CPU left over
-    device: str = "auto"  # auto, cpu or cuda
+    device: str = "auto"  # auto (cuda when num_gpus > 0), cpu or cuda
+    num_gpus: float = 0.0  # per actor, fractional: > 0 runs SCRFD on ONNX Runtime's CUDA provider
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor, to pin it to nodes
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ClassifierConfig:
     num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
     num_cpus: float = 1.0  # per actor
     threads: int = 0  # torch threads per actor; 0 means num_cpus
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor, to pin it to nodes
 
 
 @dataclass
@@ -139,7 +142,12 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check one scalar against its type hint; ints are accepted where floats are expected."""
+    """Check one value against its type hint; ints are accepted where floats are expected."""
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise FervidError(f"config key '{key}' must be a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(hint)
+        return {_coerce(key_type, k, key): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return None
@@ -207,8 +215,11 @@ def _check(config: Config) -> None:
     for key, value in (("detector.device", d.device), ("classifier.device", c.device)):
         if value not in ("auto", "cpu", "cuda"):
             raise FervidError(f"{key} must be auto, cpu or cuda")
-    if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0:
-        raise FervidError("classifier.num_gpus and classifier.num_cpus must not be negative")
+    if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0 or d.num_gpus < 0:
+        raise FervidError("classifier.num_gpus, classifier.num_cpus and detector.num_gpus must not be negative")
+    for section, resources in (("detector", d.resources), ("classifier", c.resources)):
+        if any(amount < 0 for amount in resources.values()):
+            raise FervidError(f"{section}.resources amounts must not be negative")
     t = config.tracking
     for key, value in (("tracking.high_score", t.high_score), ("tracking.match_iou", t.match_iou)):
         if not 0 < value < 1:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import FervidError
+
 
 @dataclass
 class Detections:
@@ -20,11 +22,14 @@ class Detections:
 
 
 def onnx_providers(device: str) -> list[str]:
-    """ONNX Runtime's CUDA provider where asked for or available, else CPU."""
+    """ONNX Runtime's CUDA provider where asked for (an error if missing) or, for auto, where available; else CPU."""
     import onnxruntime
 
-    available = onnxruntime.get_available_providers()
-    if device != "cpu" and "CUDAExecutionProvider" in available:
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise FervidError("detector.device is cuda but this onnxruntime has no CUDA provider: "
+                          "install onnxruntime-gpu (pip install 'fervid[gpu]') in place of onnxruntime")
+    if device != "cpu" and cuda:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -41,9 +46,12 @@ class FaceDetector:
         if threads:  # 0 keeps ONNX Runtime's default: all cores
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.model = insightface.model_zoo.get_model(
-            str(model_path), providers=onnx_providers(device), sess_options=options)
-        self.model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+        providers = onnx_providers(device)
+        self.model = insightface.model_zoo.get_model(str(model_path), providers=providers, sess_options=options)
+        # a negative ctx_id makes insightface fall back to the CPU provider
+        on_gpu = providers[0] == "CUDAExecutionProvider"
+        self.model.prepare(ctx_id=0 if on_gpu else -1, input_size=(det_size, det_size), det_thresh=threshold)
+        self.providers: list[str] = self.model.session.get_providers()  # what ONNX Runtime actually uses
         self.det_size = det_size
         self.min_face_px = min_face_px
         self.max_faces = max_faces

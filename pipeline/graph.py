@@ -11,28 +11,71 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from pipeline.config import ClassifierConfig, Config
 from pipeline.decode import VideoInfo, probe
+from pipeline.errors import FervidError
 from pipeline.models import ClassifierSpec
 from pipeline.stages import Classify, DecodeDetectCrop, read_image_crops
 
 if TYPE_CHECKING:
     import ray.data
 
+IN_SUBMITTED_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the environment of a submitted job's entrypoint
+CODE_EXCLUDES = ["__pycache__", "*.pyc"]
+EXTRACT_NODE, CLASSIFY_NODE = "extract_node", "classify_node"  # row columns: the Ray node each stage ran on
 
-def connect(address: str | None) -> None:
-    """Join the cluster at address (or RAY_ADDRESS); otherwise start Ray inside this process."""
+
+def project_code() -> list[str]:
+    """The folders of fervid's packages, as a Ray runtime_env's py_modules."""
+    root = Path(__file__).resolve().parents[1]
+    return [str(root / "pipeline"), str(root / "jobs")]
+
+
+class DecodeDetectCropOnNode(DecodeDetectCrop):
+    """DecodeDetectCrop whose rows name the node they were made on, for the run record."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _with_node(super().__call__(batch), EXTRACT_NODE)
+
+
+class ClassifyOnNode(Classify):
+    """Classify whose rows name the node they were scored on, for the run record."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _with_node(super().__call__(batch), CLASSIFY_NODE)
+
+
+def _with_node(rows: pa.Table, column: str) -> pa.Table:
     import ray
 
+    node = ray.get_runtime_context().get_node_id()
+    return rows.append_column(column, pa.array([node] * len(rows), pa.string()))
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at address (or RAY_ADDRESS); otherwise start Ray inside this process.
+
+    Joining a cluster from outside a submitted job carries this copy of fervid's code to its workers,
+    so they run the same code as the driver (a submitted job carries it already, see submit.py).
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):  # Ray Data's executor needs a worker of the cluster's own
+        raise FervidError(f"Ray Data does not run over Ray Client ({address}): submit the run as a job "
+                          "(fervid submit --address http://HEAD:8265) or run it on a node of the cluster "
+                          "(--address HEAD:6379)")
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
     if address:
+        if IN_SUBMITTED_JOB not in os.environ:
+            runtime_env.update(py_modules=project_code(), excludes=CODE_EXCLUDES)
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -75,12 +118,14 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     extract_actors = d.actors or max(1, round(cpus_left))
     extract_cpus = min(float(d.threads), cpus_left / extract_actors)
     detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
-                "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads, "device": d.device}
+                "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads,
+                "device": _device(d.device, d.num_gpus)}
     ds = ray.data.from_items(segments, override_num_blocks=max(1, len(segments)))
     ds = ds.map_batches(
-        DecodeDetectCrop, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
-                                                 "crop_size": spec.input_size},
-        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus)
+        DecodeDetectCropOnNode, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
+                                                       "crop_size": spec.input_size},
+        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus,
+        num_gpus=d.num_gpus, resources=d.resources or None)
     yield from _classify(ds, c, spec).iter_batches(batch_format="pyarrow", batch_size=None)
 
 
@@ -107,9 +152,14 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
 
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
-    classifier = {"model": spec.source, "revision": c.revision, "device": c.device, "dtype": c.dtype,
-                  "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
+    classifier = {"model": spec.source, "revision": c.revision, "device": _device(c.device, num_gpus),
+                  "dtype": c.dtype, "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
     return ds.map_batches(
-        Classify, fn_constructor_kwargs={"classifier": classifier},
+        ClassifyOnNode, fn_constructor_kwargs={"classifier": classifier},
         batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),
-        num_cpus=c.num_cpus, num_gpus=num_gpus)
+        num_cpus=c.num_cpus, num_gpus=num_gpus, resources=c.resources or None)
+
+
+def _device(device: str, num_gpus: float) -> str:
+    """auto: CUDA exactly where Ray gave the actor a GPU (share), so no actor uses a GPU it did not ask for."""
+    return device if device != "auto" else ("cuda" if num_gpus > 0 else "cpu")

@@ -7,6 +7,7 @@ import os
 import platform
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -73,6 +74,9 @@ class Runner:
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         self.records: list[dict] = []
         self.summary = RunSummary(self.run_id)
+        # committed work per Ray node id: which machines of a cluster did what
+        self.frames_by_node: Counter[str] = Counter()
+        self.faces_by_node: Counter[str] = Counter()
 
     def run(self) -> RunSummary:
         self.started = started = time.monotonic()
@@ -183,8 +187,8 @@ class Runner:
         # a damaged stretch costs only its frames; the video is ok and says what was lost
         note = f"{lost} of {lost + len(frames)} sampled frames could not be decoded and were skipped" if lost else None
         labels = list(self.spec.labels)
-        rows = pa.concat_tables(p.faces) if p.faces else scored_schema(labels).empty_table()
-        faces = faces_table(_unique_faces(rows), labels, self.run_id, self.config.tracking)
+        rows = _unique_faces(pa.concat_tables(p.faces)) if p.faces else scored_schema(labels).empty_table()
+        faces = faces_table(rows, labels, self.run_id, self.config.tracking)
         try:
             self.store.write_video(video_id, self.run_id, faces, frames)
         except OSError as e:
@@ -193,6 +197,10 @@ class Runner:
             return
         self._record(video_id, p.file, "ok", note, p.info, sampled=len(frames), faces=len(faces),
                      started_at=p.started_at)
+        for segment in p.segments.values():
+            self.frames_by_node[segment[graph.EXTRACT_NODE]] += len(segment["frames_index"])
+        if len(rows):
+            self.faces_by_node.update(rows.column(graph.CLASSIFY_NODE).to_pylist())
         self.store.write_records(self.run_id, self.records)
         self.store.drop_superseded(video_id, self.run_id)
 
@@ -217,6 +225,7 @@ class Runner:
             "config": self.config.to_dict(), "config_fingerprint": self.fingerprint,
             "labels": list(self.spec.labels), "counts": self.summary.counts,
             "sampled_frames": self.summary.frames, "faces": self.summary.faces,
+            "nodes": {"decode_detect_frames": dict(self.frames_by_node), "classify_faces": dict(self.faces_by_node)},
             "versions": {"fervid": _version("fervid"), "python": platform.python_version(),
                          **{name: _version(name) for name in PACKAGES}},
         }
