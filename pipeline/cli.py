@@ -27,36 +27,25 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fervid", description="Facial-emotion analysis of video folders.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="analyse a folder of videos into Parquet")
-    add_run_arguments(run)
-    run.set_defaults(handler=cmd_run)
-    submit = commands.add_parser("submit", help="analyse a folder as a Ray job on a running cluster "
-                                 "(Ray Job Submission API) and follow its logs")
-    add_submit_arguments(submit)
-    submit.set_defaults(handler=cmd_submit)
-    jobs = commands.add_parser("jobs", help="status, logs or stop of a job started with fervid submit")
-    add_jobs_arguments(jobs)
-    jobs.set_defaults(handler=cmd_jobs)
-    query = commands.add_parser("query", help="SQL over a results folder (views: videos, frames, faces, timeline, "
-                                "video_summary, emotion_segments, transitions)")
-    add_query_arguments(query)
-    query.set_defaults(handler=cmd_query)
-    report = commands.add_parser("report", help="an HTML page per analysed video and a sortable index.html")
-    add_report_arguments(report)
-    report.set_defaults(handler=cmd_report)
-    annotate = commands.add_parser("annotate", help="a video's sampled frames with face boxes, emotions and tracks "
-                                   "drawn on, as MP4")
-    add_annotate_arguments(annotate)
-    annotate.set_defaults(handler=cmd_annotate)
-    evaluate = commands.add_parser("eval", help="a classifier's accuracy on a folder of labelled face images")
-    add_eval_arguments(evaluate)
-    evaluate.set_defaults(handler=cmd_eval)
-    finetune = commands.add_parser("finetune", help="fine-tune a classifier on a folder of labelled face images")
-    add_finetune_arguments(finetune)
-    finetune.set_defaults(handler=cmd_finetune)
-    bench = commands.add_parser("bench", help="throughput per stage, end to end, and against a plain sequential loop")
-    add_bench_arguments(bench)
-    bench.set_defaults(handler=cmd_bench)
+    for name, help_text, add_arguments, handler in (
+        ("run", "analyse a folder of videos into Parquet", add_run_arguments, cmd_run),
+        ("submit", "analyse a folder as a Ray job on a running cluster (Ray Job Submission API) and follow its logs",
+         add_submit_arguments, cmd_submit),
+        ("jobs", "status, logs or stop of a job started with fervid submit", add_jobs_arguments, cmd_jobs),
+        ("query", "SQL over a results folder (views: videos, frames, faces, timeline, video_summary, "
+                  "emotion_segments, transitions, tracks)", add_query_arguments, cmd_query),
+        ("report", "an HTML page per analysed video and a sortable index.html", add_report_arguments, cmd_report),
+        ("annotate", "a video's sampled frames with face boxes, emotions and tracks drawn on, as MP4",
+         add_annotate_arguments, cmd_annotate),
+        ("eval", "a classifier's accuracy on a folder of labelled face images", add_eval_arguments, cmd_eval),
+        ("finetune", "fine-tune a classifier on a folder of labelled face images", add_finetune_arguments,
+         cmd_finetune),
+        ("bench", "throughput per stage, end to end, and against a plain sequential loop", add_bench_arguments,
+         cmd_bench),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
     return parser
 
 
