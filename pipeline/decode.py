@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import FervidError
+from pipeline.errors import FervidError, first_line
 
 READ_CHUNK = 16  # frames decoded at once: bounds memory on large frames
 
@@ -35,14 +35,14 @@ def probe(path: str) -> VideoInfo:
     try:
         rotation, size = _display_geometry(path)
     except Exception as e:
-        raise FervidError(f"not a readable video: {_reason(e)}") from None
+        raise FervidError(f"not a readable video: {first_line(e, 200)}") from None
     try:
         decoder, pts = "decord", _decord_timestamps(path)
     except Exception:
         try:
             decoder, pts = "pyav", _pyav_timestamps(path)
         except Exception as e:
-            raise FervidError(f"no decoder could read the video: {_reason(e)}") from None
+            raise FervidError(f"no decoder could read the video: {first_line(e, 200)}") from None
     if len(pts) == 0:
         raise FervidError("the file has no video frames")
     span = float(pts[-1] - pts[0])
@@ -153,7 +153,3 @@ def _read_pyav(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]
             if not wanted or any(frame.pts is not None and frame.pts > last for frame in frames):
                 break
 
-
-def _reason(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__

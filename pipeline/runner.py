@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pipeline import graph
 from pipeline.config import Config
 from pipeline.decode import VideoInfo
-from pipeline.errors import FervidError
+from pipeline.errors import FervidError, first_line
 from pipeline.models import file_digest, resolve_classifier, resolve_detector
 from pipeline.plan import VideoFile, discover, plan_segments
 from pipeline.progress import Progress
@@ -239,9 +239,8 @@ def _unique_faces(rows: pa.Table) -> pa.Table:
 
 
 def _describe(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300]}" if text and not isinstance(e, FervidError) else (
-        text[0][:300] if text else type(e).__name__)
+    """Our own errors read as they are; anything else is prefixed with its type."""
+    return first_line(e, with_type=not isinstance(e, FervidError))
 
 
 def _version(name: str) -> str | None:
