@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import FervidError
+from pipeline.errors import FervidError, first_line
 
 _LOCAL_HINT = "point the config at a local copy (e.g. --set {key}={example})"
 
@@ -63,50 +64,57 @@ def resolve_detector(model: str) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpec:
-    """Read the classifier's config and preprocessor (no weights): labels, input size, revision."""
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers import AutoConfig, AutoImageProcessor
-
-    hub_logging.set_verbosity_error()  # retries against an unreachable hub would print a line each
-
+    """Read the classifier's config and preprocessor JSON (no weights, no transformers import: the
+    driver stays light): labels, input size, revision. Models that ask to run their own code are refused."""
     local = Path(model).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
             raise FervidError(f"classifier model directory {model} has no config.json")
-        if not list(local.glob("*.safetensors")):
+        weights = sorted(local.glob("*.safetensors"))
+        if not weights:
             raise FervidError(f"classifier model {model} has no .safetensors weights (pickle checkpoints are refused)")
-        source = str(local.resolve())
+        source, folder = str(local.resolve()), local
+        rev = hashlib.blake2b("".join(file_digest(w) for w in weights).encode(), digest_size=8).hexdigest()
     else:
-        source = model
-    kwargs = {"revision": revision, "trust_remote_code": False}
+        source, folder = model, _hub_snapshot(model, revision)
+        rev = folder.name  # the snapshot folder is named after the commit
     try:
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
-            processor = AutoImageProcessor.from_pretrained(source, local_files_only=True, **kwargs)
-        except OSError:
-            if local.exists():
-                raise
-            config = AutoConfig.from_pretrained(source, **kwargs)
-            processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+        config = json.loads((folder / "config.json").read_text())
+        preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
     except (OSError, ValueError) as e:
+        raise FervidError(f"classifier model '{model}' could not be read ({first_line(e)})") from None
+    if "auto_map" in config or "auto_map" in preprocessor:
+        raise FervidError(f"classifier model '{model}' asks to run its own code (auto_map); fervid refuses that")
+    id2label = config.get("id2label")
+    if not id2label:
+        raise FervidError(f"classifier model '{model}' has no id2label in its config")
+    labels = tuple(id2label[k] for k in sorted(id2label, key=int))
+    size = preprocessor.get("size")
+    side = size if isinstance(size, int) else (size or {}).get("height") or (size or {}).get("shortest_edge")
+    if not side:
+        raise FervidError(f"classifier model '{model}' has no input size in its preprocessor config")
+    return ClassifierSpec(source=source, revision=rev, labels=labels, input_size=int(side))
+
+
+def _hub_snapshot(model: str, revision: str | None) -> Path:
+    """The local snapshot folder holding a hub model's config and preprocessor (fetched if not cached)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # retries against an unreachable hub would print a line each
+    try:
+        for name in ("preprocessor_config.json", "config.json"):
+            try:
+                path = hf_hub_download(model, name, revision=revision, local_files_only=True)
+            except Exception:  # not cached: ask the hub
+                path = hf_hub_download(model, name, revision=revision)
+    except Exception as e:  # the hub client raises many kinds (offline, unknown repo, gated, HTTP)
         raise FervidError(
-            f"classifier model '{model}' could not be loaded ({str(e).splitlines()[0][:160]}); "
+            f"classifier model '{model}' could not be loaded ({first_line(e)[:160]}); "
             f"if it is not cached and the hub is unreachable, "
             f"{_LOCAL_HINT.format(key='classifier.model', example='/path/to/model_dir')}"
         ) from None
-    if not getattr(config, "id2label", None):
-        raise FervidError(f"classifier model '{model}' has no id2label in its config")
-    labels = tuple(config.id2label[i] for i in sorted(config.id2label))
-    size = dict(processor.size) if not isinstance(processor.size, int) else {"height": processor.size}
-    side = size.get("height") or size.get("shortest_edge")
-    if not side:
-        raise FervidError(f"classifier model '{model}' has no input size in its preprocessor config")
-    if local.exists():
-        weights = sorted(local.glob("*.safetensors"))
-        rev = hashlib.blake2b("".join(file_digest(w) for w in weights).encode(), digest_size=8).hexdigest()
-    else:
-        rev = getattr(config, "_commit_hash", None) or revision or "unknown"
-    return ClassifierSpec(source=source, revision=rev, labels=labels, input_size=int(side))
+    return Path(path).parent
 
 
 def model_revision(model: str, kind: str, revision: str | None = None) -> str:

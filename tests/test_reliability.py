@@ -130,7 +130,7 @@ def test_pickle_checkpoints_and_remote_code_are_refused(shared, tmp_path):
     config.update(model_type="sneaky", auto_map={"AutoConfig": "sneaky.SneakyConfig"})
     (remote / "config.json").write_text(json.dumps(config))
     (remote / "sneaky.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(FervidError, match="could not be loaded"):
+    with pytest.raises(FervidError, match="asks to run its own code"):
         resolve_classifier(str(remote))
 
 
