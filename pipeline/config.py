@@ -51,6 +51,7 @@ class ClassifierConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     batch_size: int = 32
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
+    quantize: str | None = None  # int8: dynamic int8 feed-forward layers, for CPU-only boxes
     device: str = "auto"  # auto, cpu or cuda
     actors: int = 1
     num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
@@ -96,7 +97,7 @@ class Config:
             },
             "crop": dataclasses.asdict(self.crop),
             "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
-                           "dtype": c.dtype},
+                           "dtype": c.dtype, "quantize": c.quantize},
             "tracking": dataclasses.asdict(self.tracking),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -212,6 +213,11 @@ def _check(config: Config) -> None:
         raise FervidError("crop.margin must not be negative")
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise FervidError("classifier.dtype must be auto, float32, bfloat16 or float16")
+    if c.quantize not in (None, "int8"):
+        raise FervidError("classifier.quantize must be null or int8")
+    if c.quantize and (c.device == "cuda" or (c.num_gpus or 0) > 0):
+        raise FervidError("classifier.quantize: int8 runs on the CPU only: set classifier.device: cpu and "
+                          "classifier.num_gpus: 0, or quantize: null")
     for key, value in (("detector.device", d.device), ("classifier.device", c.device)):
         if value not in ("auto", "cpu", "cuda"):
             raise FervidError(f"{key} must be auto, cpu or cuda")

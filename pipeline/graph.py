@@ -146,14 +146,15 @@ def stream_image_scores(images: list[dict], c: ClassifierConfig, spec: Classifie
 
 
 def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -> ray.data.Dataset:
-    """The classifier actor pool, on a GPU each where the cluster has GPUs (unless num_gpus says otherwise)."""
+    """The classifier actor pool, on a GPU each where the cluster has GPUs (unless num_gpus or int8 say otherwise)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus else 0.0)
+    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
     classifier = {"model": spec.source, "revision": c.revision, "device": _device(c.device, num_gpus),
-                  "dtype": c.dtype, "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
+                  "dtype": c.dtype, "quantize": c.quantize, "batch_size": c.batch_size,
+                  "threads": c.threads or max(1, int(c.num_cpus))}
     return ds.map_batches(
         ClassifyOnNode, fn_constructor_kwargs={"classifier": classifier},
         batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),

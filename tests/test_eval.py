@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.classify import EmotionClassifier
 from pipeline.config import ClassifierConfig
 from pipeline.evaluate import evaluate, metrics
+from pipeline.imagefolder import load_image
 from tests.conftest import TEST_CONFIG
 from tests.test_cli import assert_one_line_error, fervid
 
@@ -75,3 +77,15 @@ def test_ignore_missing_scores_the_matching_folders_and_lists_the_rest(shared, m
     assert report["skipped_folders"] == ["bored"]
     assert report["labels_without_folder"] == ["angry", "disgust", "fear", "neutral", "surprise"]
     assert [Path(p).name for p in report["unreadable"]] == ["broken.jpg"]
+
+
+def test_int8_classifier_agrees_with_fp32_on_fer2013(shared):
+    model = str(shared / "models" / "vit-fer-tiny")
+    fp32 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1)
+    int8 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1, quantize="int8")
+    quantized = {name for name, module in int8.model.named_modules() if "quantized" in type(module).__module__}
+    assert quantized and all("mlp" in name for name in quantized)  # feed-forward only: attention and head stay fp32
+    paths = sorted((shared / "fer2013" / "test").glob("*/PublicTest_*.jpg"))[::3]
+    crops = np.stack([load_image(p, fp32.input_size) for p in paths])
+    agreement = (fp32.predict(crops).argmax(1) == int8.predict(crops).argmax(1)).mean()
+    assert len(crops) == 1197 and agreement >= 0.99

@@ -27,6 +27,8 @@ def test_default_yaml_matches_built_in_defaults():
     ("detector: {det_size: 650}", "multiple of 32"),
     ("sampling: {fps: 5, every_n_frames: 3}", "exactly one of"),
     ("classifier: {dtype: int4}", "classifier.dtype"),
+    ("classifier: {quantize: int4}", "classifier.quantize must be null or int8"),
+    ("classifier: {quantize: int8, device: cuda}", "runs on the CPU only"),
     ("nonsense: 1", "unknown config key 'nonsense'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, yaml_text, message):
