@@ -3,8 +3,8 @@
 In one process run, on the same videos and models:
 - each stage alone, one worker, in this process: decode (sampled frames/s), detect (frames/s),
   classify (faces/s, batched as configured);
-- the plain sequential loop: open each video, read each sampled frame, detect, crop, classify
-  one face at a time, library default threads;
+- the plain sequential loop, written with the libraries alone: open each video, read each sampled
+  frame, detect, crop, classify one face at a time, library default threads;
 - fervid end to end on a warm local Ray (its start-up is reported apart): throughput, time to
   first result, peak memory of the driver and of the Ray workers, object-store spill.
 """
@@ -85,27 +85,32 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
 
 
 def reference_loop(paths: list[Path], config: Config) -> dict:
-    """The plain loop: per video, per sampled frame, per face, with the same models and settings."""
+    """The loop a user would write with the libraries alone, same models and settings: per video, per
+    sampled frame, per face; insightface's detector at its default threads, the image processor and
+    model of transformers one crop at a time."""
     import decord
-
-    from pipeline.classify import EmotionClassifier
-    from pipeline.detect import FaceDetector
+    import insightface
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     d, c = config.detector, config.classifier
     spec = resolve_classifier(c.model, c.revision)
     start = time.perf_counter()
-    detector = FaceDetector(str(resolve_detector(d.model)), d.det_size, d.threshold, d.min_face_px, d.max_faces,
-                            threads=0, device="cpu")
-    classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, batch_size=1)
+    detector = insightface.model_zoo.get_model(str(resolve_detector(d.model)), providers=["CPUExecutionProvider"])
+    detector.prepare(ctx_id=-1, input_size=(d.det_size, d.det_size), det_thresh=d.threshold)
+    processor = AutoImageProcessor.from_pretrained(spec.source)
+    model = AutoModelForImageClassification.from_pretrained(spec.source).eval()
     frames = faces = 0
     for path in paths:
         reader = decord.VideoReader(str(path))
         pts = reader.get_frame_timestamp(range(len(reader)))[:, 0].astype(np.float64)
         for index in sample_indices(pts, config.sampling.fps, config.sampling.every_n_frames):
             frame = reader[int(index)].asnumpy()
-            found = detector.detect(frame)
-            for crop in square_crops(frame, found.xyxy, config.crop.margin, spec.input_size):
-                classifier.predict(crop[None])
+            boxes, _ = detector.detect(frame[..., ::-1], max_num=d.max_faces)  # SCRFD takes BGR
+            boxes = boxes[np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= d.min_face_px]
+            for crop in square_crops(frame, boxes[:, :4], config.crop.margin, spec.input_size):
+                with torch.no_grad():
+                    model(**processor(images=crop, return_tensors="pt")).logits.softmax(-1)
                 faces += 1
             frames += 1
     wall = time.perf_counter() - start

@@ -40,7 +40,7 @@ def synthetic_tables(frames: int, labels: list[str], run_id: str,
         **{f"p_{label}": probs[:, i] for i, label in enumerate(labels)},
     })
     segment = {"segment_index": 0, "frames_index": index.tolist(), "frames_pts_s": pts.tolist(),
-               "frames_face_count": [1] * frames}
+               "frames_face_count": [1] * frames, "frames_small_faces": [0] * frames}
     return faces_table(rows, labels, run_id), frames_table([segment], run_id)
 
 

@@ -16,6 +16,7 @@ class Detections:
     xyxy: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in frame pixels
     confidence: np.ndarray  # (N,) float32 detector score
     landmarks: np.ndarray  # (N, 5, 2) float32: eyes, nose, mouth corners
+    too_small: int = 0  # faces found but left out for being under min_face_px: counted, never classified
 
     def __len__(self) -> int:
         return len(self.confidence)
@@ -64,7 +65,6 @@ class FaceDetector:
         landmarks = (keypoints if keypoints is not None else np.zeros((len(boxes), 5, 2))).astype(np.float32)
         side = np.minimum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
         order = np.argsort(-(xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), kind="stable")
-        order = order[side[order] >= self.min_face_px]
-        if self.max_faces:
-            order = order[:self.max_faces]
-        return Detections(xyxy[order], score[order], landmarks[order])
+        big_enough = order[side[order] >= self.min_face_px]
+        order = big_enough[:self.max_faces] if self.max_faces else big_enough
+        return Detections(xyxy[order], score[order], landmarks[order], too_small=len(boxes) - len(big_enough))

@@ -37,7 +37,9 @@ VIDEOS_SCHEMA = pa.schema([
 ])
 
 FRAMES_SCHEMA = pa.schema([
-    ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_count", pa.int16()), ("run_id", pa.string()),
+    ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_count", pa.int16()),
+    ("small_faces", pa.int16()),  # found but under detector.min_face_px: not in `faces`
+    ("run_id", pa.string()),
 ])
 
 FACE_COLUMNS = ["frame_index", "pts_s", "face_index", "track_id", "x1", "y1", "x2", "y2", "det_score", "landmarks"]
@@ -86,6 +88,7 @@ def frames_table(segments: list[dict], run_id: str) -> pa.Table:
         "frame_index": pa.array(index, pa.int32()),
         "pts_s": pa.array([t for s in segments for t in s["frames_pts_s"]], pa.float64()),
         "face_count": pa.array([c for s in segments for c in s["frames_face_count"]], pa.int16()),
+        "small_faces": pa.array([c for s in segments for c in s["frames_small_faces"]], pa.int16()),
         "run_id": pa.array([run_id] * len(index), pa.string()),
     }, schema=FRAMES_SCHEMA)
 

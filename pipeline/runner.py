@@ -38,6 +38,7 @@ class RunSummary:
     faces: int = 0
     wall_s: float = 0.0
     first_result_s: float | None = None  # from the start of the run to the first scored rows
+    small_faces: int = 0  # found but under detector.min_face_px, so not classified
 
     def line(self) -> str:
         c = self.counts
@@ -197,6 +198,7 @@ class Runner:
             return
         self._record(video_id, p.file, "ok", note, p.info, sampled=len(frames), faces=len(faces),
                      started_at=p.started_at)
+        self.summary.small_faces += pc.sum(frames["small_faces"]).as_py() or 0
         for segment in p.segments.values():
             self.frames_by_node[segment[graph.EXTRACT_NODE]] += len(segment["frames_index"])
         if len(rows):
@@ -225,6 +227,7 @@ class Runner:
             "config": self.config.to_dict(), "config_fingerprint": self.fingerprint,
             "labels": list(self.spec.labels), "counts": self.summary.counts,
             "sampled_frames": self.summary.frames, "faces": self.summary.faces,
+            "faces_under_min_face_px": self.summary.small_faces,
             "nodes": {"decode_detect_frames": dict(self.frames_by_node), "classify_faces": dict(self.faces_by_node)},
             "versions": {"fervid": _version("fervid"), "python": platform.python_version(),
                          **{name: _version(name) for name in PACKAGES}},

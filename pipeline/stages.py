@@ -32,6 +32,7 @@ EXTRACT_SCHEMA = pa.schema([
     ("frames_index", pa.list_(pa.int32())),
     ("frames_pts_s", pa.list_(pa.float64())),
     ("frames_face_count", pa.list_(pa.int16())),
+    ("frames_small_faces", pa.list_(pa.int16())),  # faces under detector.min_face_px, not classified
     ("face_rows", pa.int32()),
     ("frames_lost", pa.int32()),  # sampled frames that could not be decoded
     ("error", pa.string()),
@@ -68,12 +69,14 @@ class DecodeDetectCrop:
         faces: list[dict] = []
         decoded: list[int] = []
         counts: list[int] = []
+        small: list[int] = []
         frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"])
         for index, frame in frames:
             found = self.detector.detect(frame)
             crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
             decoded.append(index)
             counts.append(len(found))
+            small.append(found.too_small)
             for k in range(len(found)):
                 x1, y1, x2, y2 = found.xyxy[k].tolist()
                 faces.append({
@@ -84,7 +87,7 @@ class DecodeDetectCrop:
                 })
         closing = {"kind": SEGMENT, "video_id": video_id, "segment_index": seg,
                    "frames_index": decoded, "frames_pts_s": [pts_of[i] for i in decoded],
-                   "frames_face_count": counts, "face_rows": len(faces),
+                   "frames_face_count": counts, "frames_small_faces": small, "face_rows": len(faces),
                    "frames_lost": len(segment["frame_index"]) - len(decoded)}
         return faces + [closing]
 

@@ -155,3 +155,18 @@ def test_probe_rejects_audio_only(tmp_path):
     with pytest.raises(FervidError, match="no video stream"):
         probe(str(path))
 
+
+
+def test_faces_under_min_face_px_are_counted_not_classified(shared):
+    from pipeline.config import SamplingConfig
+    from pipeline.stages import FACE, DecodeDetectCrop
+
+    path = str(shared / "videos" / "single_face.mp4")
+    segment = plan_segments("v", path, probe(path), SamplingConfig(segment_s=100.0))[0]
+    detector = {"model_path": str(shared / "models" / "scrfd_500m_bnkps.onnx"), "device": "cpu"}
+    for min_face_px, faces, small in ((0, 1, 0), (10_000, 0, 1)):
+        stage = DecodeDetectCrop({**detector, "min_face_px": min_face_px}, margin=0.2, crop_size=48)
+        rows = stage.segment_rows(segment)
+        closing = rows[-1]
+        assert sum(row["kind"] == FACE for row in rows) == 12 * faces
+        assert closing["frames_face_count"] == [faces] * 12 and closing["frames_small_faces"] == [small] * 12
