@@ -288,6 +288,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--scheduler", choices=SCHEDULERS, default=r.scheduler, help="(default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="image loading processes (default: %(default)s)")
+    parser.add_argument("--train-workers", type=int, help="data-parallel training processes under Ray Train, a GPU "
+                        "each where there are GPUs (default: one per GPU of the Ray cluster at --address, else of "
+                        "this machine; 1: a plain torch loop in this process)")
+    parser.add_argument("--address", help="Ray cluster to train on (default: RAY_ADDRESS, else a local Ray)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -297,7 +301,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
     summary = finetune(args.train, args.out, recipe, eval_dir=args.eval_dir, device=args.device,
-                       workers=args.workers, log=lambda line: print(line, flush=True))
+                       workers=args.workers, train_workers=args.train_workers, address=args.address,
+                       log=lambda line: print(line, flush=True))
     final = summary["final_eval"]
     print(f"wrote {args.out}: {summary['steps']} steps in {summary['wall_s']:.0f}s"
           + (f", accuracy {final['accuracy']:.4f} on {final['images']} images" if final else ""))

@@ -1,6 +1,7 @@
 """`fervid finetune`: the default model's recipe (ViT, Adam, cosine warm-up, rotations/flips/zooms) on labelled folders.
 
-A plain torch loop on one device. Images go through the same resizing (imagefolder.load_image) and
+A plain torch loop on one device, or the same loop data-parallel in several Ray Train workers (DDP;
+a GPU each, or CPUs). Images go through the same resizing (imagefolder.load_image) and
 normalisation (classify.pixel_normalisation) as in `fervid run`, so the model learns from the input
 it will later see. The output folder is a save_pretrained model that `fervid run --set
 classifier.model=DIR` and `fervid eval --model DIR` load as it is. Checkpoints are whole models
@@ -9,9 +10,12 @@ plus the optimiser, schedule and random states, so an interrupted run resumes ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +27,7 @@ import numpy as np
 from pipeline.classify import pick_device, pixel_normalisation
 from pipeline.errors import FervidError
 from pipeline.imagefolder import labelled_files, load_image, match_labels, scan
-from pipeline.models import resolve_classifier
+from pipeline.models import ClassifierSpec, resolve_classifier
 
 if TYPE_CHECKING:
     import torch
@@ -78,17 +82,42 @@ class _Images:
             raise FervidError(f"cannot read image {self.paths[i]}: {e}") from None
 
 
+@dataclass
+class _Plan:
+    """A fine-tune resolved and checked before any training, so that mistakes stop it early; sent to every worker."""
+
+    out: Path
+    recipe: Recipe
+    spec: ClassifierSpec
+    labels: list[str]
+    keep_head: bool
+    paths: list[str]
+    targets: np.ndarray
+    validation: tuple[list[str], np.ndarray] | None
+    identity: dict
+    checkpoint: Path | None
+
+
 def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: str | Path | None = None,
-             device: str = "auto", workers: int = 2, log: Callable[[str], None] = print) -> dict:
-    """Train, evaluating and checkpointing along the way; resume from out's last checkpoint if there is one."""
-    import torch
-    from transformers import AutoImageProcessor, get_scheduler
-    from transformers.utils import logging as hf_logging
+             device: str = "auto", workers: int = 2, train_workers: int | None = None, address: str | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Train, evaluating and checkpointing along the way; resume from out's last checkpoint if there is one.
 
-    from pipeline.evaluate import metrics  # here, not at the top: the CLI imports this module for Recipe
+    train_workers > 1 trains data-parallel in that many Ray Train workers (one GPU each where there are
+    GPUs; worker 0 prints the log lines instead of calling log); None means one per GPU of the Ray
+    cluster at address (or RAY_ADDRESS), else of this machine.
+    """
+    plan = _plan(train_dir, out, recipe, eval_dir)
+    if train_workers is None:
+        train_workers = 1 if device == "cpu" else _gpu_count(address)
+    if train_workers < 1:
+        raise FervidError("--train-workers must be at least 1")
+    if train_workers == 1:
+        return _train(plan, pick_device(device), workers, log)
+    return _train_on_ray(plan, device, workers, train_workers, address)
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+def _plan(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: str | Path | None) -> _Plan:
     _check(recipe)
     out = Path(out)
     checkpoint = _last_checkpoint(out)
@@ -108,15 +137,38 @@ def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: s
         validation = labelled_files(folders, match.index)
     identity = {"recipe": asdict(recipe), "train_dir": str(Path(train_dir).resolve()), "labels": labels,
                 "train_images": len(paths)}
+    return _Plan(out, recipe, spec, labels, keep_head, paths, targets, validation, identity, checkpoint)
 
-    device = pick_device(device)
+
+def _train(plan: _Plan, device: str, workers: int, log: Callable[[str], None], rank: int = 0,
+           world: int = 1) -> dict:
+    """The training loop of one process: the only one, or worker `rank` of `world` under Ray Train.
+
+    Each worker takes rows rank::world of every micro-batch (and of its augmentation draws), and DDP
+    averages the gradients, so the optimiser sees the recipe's batches whatever the worker count;
+    worker 0 alone evaluates and writes.
+    """
+    import torch
+    from transformers import AutoImageProcessor, get_scheduler
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.evaluate import metrics  # here, not at the top: the CLI imports this module for Recipe
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    recipe, out, checkpoint, paths, validation = plan.recipe, plan.out, plan.checkpoint, plan.paths, plan.validation
+    lead, cuda = rank == 0, torch.device(device).type == "cuda"
     torch.manual_seed(recipe.seed)
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=True) if checkpoint else None
-    if state is not None and state["identity"] != identity:
+    if state is not None and state["identity"] != plan.identity:
         raise FervidError(f"{out} holds a checkpoint of a different fine-tune (other data or settings); "
                           f"use the same command to resume it, or a new --out folder")
-    source = str(checkpoint) if checkpoint else spec.source
-    model = _load_model(source, labels, keep_head or checkpoint is not None).to(device).train()
+    source = str(checkpoint) if checkpoint else plan.spec.source
+    model = bare = _load_model(source, plan.labels, plan.keep_head or checkpoint is not None).to(device).train()
+    if world > 1:
+        from ray.train.torch import prepare_model
+
+        model = prepare_model(model)  # DistributedDataParallel, starting from worker 0's weights
     processor = AutoImageProcessor.from_pretrained(source)
     scale, shift = pixel_normalisation(processor, device)
 
@@ -130,7 +182,7 @@ def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: s
                               num_training_steps=total)
     augment_rng = torch.Generator().manual_seed(recipe.seed)
     if state is None:
-        state = {"identity": identity, "step": 0, "rows": [], "train_s": 0.0, "loss_sum": 0.0, "loss_steps": 0}
+        state = {"identity": plan.identity, "step": 0, "rows": [], "train_s": 0.0, "loss_sum": 0.0, "loss_steps": 0}
     else:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -138,35 +190,46 @@ def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: s
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming from {checkpoint.name} (step {state['step']} of {total})")
 
-    head = "kept from the base model" if keep_head else "new"
-    log(f"fine-tuning {recipe.base} on {len(paths)} images, {len(labels)} labels ({', '.join(labels)}; head {head}); "
-        f"{total} steps of {recipe.batch_size}x{recipe.grad_accum} images, {steps_per_epoch} per epoch, on {device}")
+    head = "kept from the base model" if plan.keep_head else "new"
+    where = f"{world} workers ({torch.device(device).type})" if world > 1 else device
+    log(f"fine-tuning {recipe.base} on {len(paths)} images, {len(plan.labels)} labels ({', '.join(plan.labels)}; "
+        f"head {head}); {total} steps of {recipe.batch_size}x{recipe.grad_accum} images, {steps_per_epoch} per epoch, "
+        f"on {where}")
     log(_row_text(None))
     for row in state["rows"]:
         log(_row_text(row))
 
-    images = _Images(paths, targets, spec.input_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    images = _Images(paths, plan.targets, plan.spec.input_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     step = first = state["step"]
     started, eval_s = time.monotonic(), 0.0
     last_report: dict | None = None
     while step < total:
         epoch, first_step = divmod(step, steps_per_epoch)
         batches = _epoch_batches(len(paths), recipe.batch_size, recipe.seed + epoch)[first_step * recipe.grad_accum:]
-        loader = iter(torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers,
-                                                  pin_memory=device == "cuda"))
+        shards = [_shard(len(batch), rank, world) for batch in batches]
+        loader = iter(torch.utils.data.DataLoader(
+            images, batch_sampler=[batch[rows] for batch, (rows, _) in zip(batches, shards)], num_workers=workers,
+            pin_memory=cuda))
         for g in range(0, len(batches), recipe.grad_accum):
             group = batches[g:g + recipe.grad_accum]
             count = sum(len(b) for b in group)
             loss_sum = 0.0
-            for _ in group:
+            for i, batch in enumerate(group):
+                rows, weight = shards[g + i]
                 pixels, y = next(loader)
-                x = _augment(pixels.to(device).permute(0, 3, 1, 2).float(), recipe, augment_rng)
+                theta = _augmentation(len(batch), recipe, augment_rng)[rows]
+                x = _resample(pixels.to(device).permute(0, 3, 1, 2).float(), theta)
                 with autocast:
                     logits = model(pixel_values=x * scale + shift).logits.float()
-                loss = torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum")
-                (loss / count).backward()
+                loss = torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum") * weight
+                # DDP averages over the workers, and all-reduces once per step, on the last micro-batch
+                sync = model.no_sync() if world > 1 and i < len(group) - 1 else contextlib.nullcontext()
+                with sync:
+                    (loss * world / count).backward()
                 loss_sum += loss.item()
+            if world > 1:
+                loss_sum = _sum_over_workers(loss_sum, device)
             if recipe.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
             optimizer.step()
@@ -177,39 +240,124 @@ def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: s
             if step % log_every == 0 or step == total:
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 2),
                        "train_loss": state["loss_sum"] / state["loss_steps"], "lr": scheduler.get_last_lr()[0]}
-                if validation is not None:
+                if validation is not None and lead:
                     eval_started = time.monotonic()
-                    probs = _predict(model, _Images(*validation, spec.input_size), recipe.batch_size, scale, shift,
-                                     device, workers)
-                    last_report = metrics(validation[1], probs, labels)
+                    probs = _predict(bare, _Images(*validation, plan.spec.input_size), recipe.batch_size, scale,
+                                     shift, device, workers)
+                    last_report = metrics(validation[1], probs, plan.labels)
                     eval_s += time.monotonic() - eval_started
                     row.update(val_loss=last_report["loss"], accuracy=last_report["accuracy"])
                 state["rows"].append(row)
                 state.update(loss_sum=0.0, loss_steps=0)
                 log(_row_text(row))
-                _write_log(out, state["rows"])
+                if lead:
+                    _write_log(out, state["rows"])
             if step == total:
                 break
-            if step % recipe.save_steps == 0:
-                _save_checkpoint(out, model, processor, optimizer, scheduler, augment_rng,
+            if step % recipe.save_steps == 0 and lead:
+                _save_checkpoint(out, bare, processor, optimizer, scheduler, augment_rng,
                                  {**state, "train_s": state["train_s"] + time.monotonic() - started})
 
     session_s = time.monotonic() - started
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    _write_log(out, state["rows"])
     summary = {
-        "base": recipe.base, "labels": labels, "head": head, "train_images": len(paths),
+        "base": recipe.base, "labels": plan.labels, "head": head, "train_images": len(paths),
         "eval_images": len(validation[0]) if validation else 0, "steps": total,
-        "epochs": round(total / steps_per_epoch, 2), "device": device, "wall_s": state["train_s"] + session_s,
+        "epochs": round(total / steps_per_epoch, 2), "device": torch.device(device).type, "workers": world,
+        "wall_s": state["train_s"] + session_s,
         # this session's optimiser steps per second, evaluation excluded (checkpoints included)
         "steps_per_s": (total - first) / max(session_s - eval_s, 1e-9),
         "final_eval": last_report, "recipe": asdict(recipe),
     }
-    (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    for old in out.glob(CHECKPOINT_PREFIX + "*"):
-        shutil.rmtree(old)
+    if lead:
+        bare.save_pretrained(out)
+        processor.save_pretrained(out)
+        _write_log(out, state["rows"])
+        (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        for old in out.glob(CHECKPOINT_PREFIX + "*"):
+            shutil.rmtree(old)
     return summary
+
+
+def _gpu_count(address: str | None) -> int:
+    """GPUs of the Ray cluster being joined, else of this machine (without starting Ray for it); at least 1."""
+    import torch
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        from pipeline.graph import connect
+
+        connect(address)
+        return max(1, int(ray.cluster_resources().get("GPU", 0)))
+    return max(1, torch.cuda.device_count())
+
+
+def _train_on_ray(plan: _Plan, device: str, workers: int, train_workers: int, address: str | None) -> dict:
+    """_train in train_workers Ray Train workers (a GPU each, or CPUs and gloo); the summary worker 0 wrote.
+
+    Worker 0 writes into plan.out, so on a cluster the output, data and base model must be at paths
+    every node sees. Its log lines reach this terminal through Ray's worker output.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.graph import connect
+
+    connect(address)
+    kind = "GPU" if device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if have < train_workers:
+        raise FervidError(f"--train-workers {train_workers} needs a {kind} each; the Ray cluster has {have}")
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config={"plan": plan, "workers": workers},
+        scaling_config=ScalingConfig(num_workers=train_workers, use_gpu=kind == "GPU"),
+        run_config=RunConfig(name=f"fervid-finetune-{plan.out.name}-{int(time.time())}"))
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:
+        failures = getattr(e, "worker_failures", {})
+        known = [f for f in failures.values() if isinstance(f, FervidError)]
+        if known:
+            raise FervidError(str(known[0])) from None
+        raise
+    return json.loads((plan.out / METRICS_FILE).read_text())  # Ray Train returns metrics only with its checkpoints
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train's loop on each worker: _train on the device Ray Train gave it, worker 0 printing the log."""
+    import ray.train
+    from ray.train.torch import get_device
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    _train(config["plan"], str(get_device()), config["workers"], _write_line if rank == 0 else (lambda line: None),
+           rank, context.get_world_size())
+
+
+def _write_line(line: str) -> None:
+    """To standard output, which Ray forwards; not print, which Ray Train makes log every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _shard(size: int, rank: int, world: int) -> tuple[slice, float]:
+    """The rows of a micro-batch for this worker, and their loss weight.
+
+    A worker left without rows (a last micro-batch smaller than the worker count) takes the first
+    row at weight 0: DDP's gradient all-reduce needs every worker to run forward and backward.
+    """
+    return (slice(rank, None, world), 1.0) if rank < size else (slice(0, 1), 0.0)
+
+
+def _sum_over_workers(value: float, device: str) -> float:
+    """The sum of value over the workers of a data-parallel run (on the device: NCCL reduces only GPU tensors)."""
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
 
 
 def _check(recipe: Recipe) -> None:
@@ -265,19 +413,26 @@ def _epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
 
 
-def _augment(x: torch.Tensor, recipe: Recipe, rng: torch.Generator) -> torch.Tensor:
-    """Random rotation, horizontal flip and zoom of (N, 3, S, S) float pixels, in one resampling on the device."""
-    import torch
-    import torch.nn.functional as F
+def _augmentation(n: int, recipe: Recipe, rng: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) affine maps for a random rotation, horizontal flip and zoom of each of n images.
 
-    n = len(x)
+    Drawn for a whole micro-batch, so every worker of a data-parallel run draws the same and keeps its rows.
+    """
+    import torch
+
     angle = (torch.rand(n, generator=rng) * 2 - 1) * math.radians(recipe.rotation)
     zoom = 1 + (torch.rand(n, generator=rng) * 2 - 1) * recipe.zoom
     flip = torch.where(torch.rand(n, generator=rng) < recipe.flip, -1.0, 1.0)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     zero = torch.zeros(n)
     # output -> input coordinates: rotate, scale by 1/zoom, mirror x
-    theta = torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1)
+    return torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) float pixels through their affine maps, in one resampling on the device."""
+    import torch.nn.functional as F
+
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -289,7 +444,8 @@ def _predict(model: torch.nn.Module, images: _Images, batch_size: int, scale: to
 
     model.eval()
     probs = []
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+    cuda = torch.device(device).type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         for pixels, _ in torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers):
             x = pixels.to(device).permute(0, 3, 1, 2).float() * scale + shift
             probs.append(torch.softmax(model(pixel_values=x).logits.float(), dim=-1).cpu().numpy())
