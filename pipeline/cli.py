@@ -68,19 +68,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run configuration (default: built-in production defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set sampling.fps=2 (repeatable)")
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--address", help="Ray cluster to join: HEAD:6379 from a node of the cluster, or "
+                        "ray://HEAD:10001 (Ray Client) from anywhere (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--force", action="store_true", help="redo videos already analysed with this config")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import client
     from pipeline.config import load_config
     from pipeline.runner import Runner
 
     config = load_config(args.config, args.overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
-                     show_progress=not args.quiet).run()
+    if client.over_client(args.address):
+        summary = client.run_in_cluster(args.videos, args.out, config, args.address, force=args.force)
+    else:
+        summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
+                         show_progress=not args.quiet).run()
     print(summary.line())
     return EXIT_SOME_FAILED if summary.counts["failed"] else 0
 

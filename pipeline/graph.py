@@ -57,21 +57,28 @@ def _with_node(rows: pa.Table, column: str) -> pa.Table:
     return rows.append_column(column, pa.array([node] * len(rows), pa.string()))
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: address, else RAY_ADDRESS; None means a Ray inside this process."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at address (or RAY_ADDRESS); otherwise start Ray inside this process.
 
     Joining a cluster from outside a submitted job carries this copy of fervid's code to its workers,
-    so they run the same code as the driver (a submitted job carries it already, see submit.py).
+    so they run the same code as the driver (a submitted job carries it already, see submit.py). A
+    ray:// address joins over Ray Client, where Ray Data cannot run: see client.py.
     """
     import ray
+    from ray.data import DataContext
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith("ray://"):  # Ray Data's executor needs a worker of the cluster's own
-        raise FervidError(f"Ray Data does not run over Ray Client ({address}): submit the run as a job "
-                          "(fervid submit --address http://HEAD:8265) or run it on a node of the cluster "
-                          "(--address HEAD:6379)")
+    context = DataContext.get_current()  # also where Ray is up: a run inside a Ray task (client.py)
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
+    address = cluster_address(address)
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
     if address:
         if IN_SUBMITTED_JOB not in os.environ:
@@ -79,12 +86,6 @@ def connect(address: str | None) -> None:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
@@ -150,6 +151,9 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
     import ray
     from ray.data import ActorPoolStrategy
 
+    if ray.util.client.ray.is_connected():  # ray-project/ray#48682; `fervid run` runs its graph in a task instead
+        raise FervidError("Ray Data does not run over Ray Client (ray://; only fervid run takes such addresses): "
+                          "run this on a node of the cluster with --address HEAD:6379")
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
     classifier = {"model": spec.source, "revision": c.revision, "device": _device(c.device, num_gpus),

@@ -50,15 +50,21 @@ def jobs_api(address: str | None) -> Iterator[JobSubmissionClient]:
 
 def submit(client: JobSubmissionClient, videos: str, out: str, config: Config, force: bool = False) -> str:
     """Submit one analysis of videos into out; returns the job id."""
-    for path in (videos, out):
-        if "://" in path:
-            raise FervidError(f"{path}: URIs are not supported; give a path that every node of the cluster sees")
-    args = [os.path.abspath(videos), "--out", os.path.abspath(out), "--config", JOB_CONFIG]
+    videos, out = cluster_paths(videos, out)
+    args = [videos, "--out", out, "--config", JOB_CONFIG]
     entrypoint = shlex.join(["python", "-m", "jobs.analyze", *args, *(["--force"] if force else [])])
     with tempfile.TemporaryDirectory(prefix="fervid-job-") as folder:  # uploaded by submit_job before it returns
         Path(folder, JOB_CONFIG).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         runtime_env = {"working_dir": folder, "py_modules": project_code(), "excludes": CODE_EXCLUDES}
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+
+
+def cluster_paths(*paths: str) -> list[str]:
+    """The paths made absolute, as the cluster's nodes must see them (they do not share our working directory)."""
+    for path in paths:
+        if "://" in path:
+            raise FervidError(f"{path}: URIs are not supported; give a path that every node of the cluster sees")
+    return [os.path.abspath(path) for path in paths]
 
 
 def follow(client: JobSubmissionClient, job_id: str, stream: TextIO = sys.stdout) -> JobDetails:

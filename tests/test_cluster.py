@@ -41,6 +41,7 @@ NODE_PORTS = ("node-manager", "object-manager", "dashboard-agent-listen", "dashb
 @dataclass
 class Cluster:
     gcs: str  # host:port, for `fervid run --address`
+    client: str  # ray://host:port, Ray Client's server on the head
     dashboard: str  # http://host:port, for `fervid submit` and `fervid jobs`
     env: dict[str, str]  # for every process that talks to it: the token, the venv on PATH
     head_node: str  # Ray node ids
@@ -75,7 +76,8 @@ def cluster(shared) -> Cluster:
         node_ids = json.loads(subprocess.run(
             [sys.executable, "-c", _NODE_IDS, url], env=env, capture_output=True, text=True, timeout=300,
             check=True).stdout)
-        yield Cluster(f"127.0.0.1:{gcs}", url, env, node_ids["extract"], node_ids["classify"])
+        yield Cluster(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", url, env, node_ids["extract"],
+                      node_ids["classify"])
     finally:
         for node in reversed(nodes):
             _end_group(node)
@@ -106,10 +108,7 @@ def fervid(*args: str | Path, env: dict[str, str], timeout_s: float = 600) -> su
 
 
 def test_submitted_job_gives_the_rows_of_a_local_run_with_work_on_both_nodes(cluster, shared, analysed, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for name in ("single_face.mp4", "no_face.mp4"):
-        shutil.copy(shared / "videos" / name, videos)
+    videos = _two_videos(shared, tmp_path)
     out = tmp_path / "results"
     result = fervid("submit", videos, "--out", out, "--address", cluster.dashboard, "--config", TEST_CONFIG,
                     *PINNED, env=cluster.env)
@@ -154,6 +153,23 @@ def test_stopping_a_submitted_job_leaves_only_complete_videos(cluster, shared, t
         assert (frames.video_id == video_id).sum() == record["sampled_frames"] > 0
 
 
+def test_ctrl_c_over_ray_client_cancels_the_run_and_its_actors(cluster, shared, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(shared / "videos" / "WolfgangLanger_Pexels.mp4", videos)
+    out, log = tmp_path / "results", tmp_path / "stderr"
+    with log.open("w") as stderr:  # 20 fps: about 390 sampled frames, still running once its actors are up
+        run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", videos, "--out", out, "--address",
+                                cluster.client, "--config", TEST_CONFIG, *PINNED, "--set", "sampling.fps=20"],
+                               cwd=ROOT, env=cluster.env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _wait_for(lambda: _map_workers(cluster) > 0 or run.poll() is not None, 300)  # Ray Data is running
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 130, log.read_text()[-3000:]
+    assert "fervid: interrupted" in log.read_text()
+    assert not [r for r in records(out).to_pylist() if r["status"] != "ok"]  # nothing recorded as failed
+    _wait_for(lambda: _map_workers(cluster) == 0, 60)
+
+
 def test_every_config_in_configs_loads():
     names = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
     assert {"default.yaml", "cpu.yaml", "gpu.yaml", "test.yaml"} <= set(names)
@@ -161,12 +177,22 @@ def test_every_config_in_configs_loads():
         load_config(ROOT / "configs" / name)
 
 
-def test_ray_client_addresses_are_refused_with_the_fix():
-    from pipeline.errors import FervidError
-    from pipeline.graph import connect
-
-    with pytest.raises(FervidError, match="fervid submit"):
-        connect("ray://127.0.0.1:10001")
+def test_run_over_ray_client_gives_the_rows_of_a_local_run_and_its_exit_status(cluster, shared, analysed, tmp_path):
+    """The run is one task in the cluster: its rows, record and exit status are those of a run on a node."""
+    videos = _two_videos(shared, tmp_path)
+    (videos / "broken.mp4").write_bytes(b"not a video")  # exit status 3: the run finished, a video failed
+    out = tmp_path / "results"
+    result = fervid("run", videos, "--out", out, "--address", cluster.client, "--config", TEST_CONFIG, *PINNED,
+                    env=cluster.env)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 ok, 1 failed, 0 skipped" in result.stdout
+    _assert_same_rows(out, analysed)
+    _assert_work_on_both_nodes(out, cluster)
+    missing = fervid("run", tmp_path / "missing", "--out", out, "--config", TEST_CONFIG,
+                     env={**cluster.env, "RAY_ADDRESS": cluster.client})
+    assert missing.returncode == 1, missing.stderr[-3000:]  # the task's FervidError, as one line (after Ray's own)
+    assert missing.stderr.splitlines()[-1] == f"fervid: error: input folder not found: {tmp_path / 'missing'}"
+    assert "Traceback" not in missing.stderr
 
 
 def test_detector_on_cuda_without_the_gpu_onnxruntime_is_one_clear_error():
@@ -190,6 +216,15 @@ def test_gpu_check_runs_on_the_cpu_and_prints_its_table(cluster):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("classifier", "detector", "end to end", "GPU utilisation"):
         assert row in result.stdout, result.stdout
+
+
+def _two_videos(shared: Path, tmp_path: Path) -> Path:
+    """A folder of two short videos from ../shared: one with a face, one without."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("single_face.mp4", "no_face.mp4"):
+        shutil.copy(shared / "videos" / name, videos)
+    return videos
 
 
 def _assert_same_rows(out: Path, local: Path) -> None:
@@ -219,6 +254,20 @@ def _assert_work_on_both_nodes(out: Path, cluster: Cluster) -> None:
     assert set(run["nodes"]["classify_faces"]) == {cluster.classify_node}
     assert sum(run["nodes"]["decode_detect_frames"].values()) == run["sampled_frames"]
     assert sum(run["nodes"]["classify_faces"].values()) == run["faces"] > 0
+
+
+def _map_workers(cluster: Cluster) -> int:
+    """How many of Ray Data's actors are on the cluster and not dead (asked with the cluster's token, in a process)."""
+    return int(subprocess.run([sys.executable, "-c", _MAP_WORKERS, cluster.dashboard], env=cluster.env,
+                              capture_output=True, text=True, timeout=120, check=True).stdout)
+
+
+_MAP_WORKERS = """
+import sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "!=", "DEAD")])
+print(sum(a.class_name.startswith("MapWorker") for a in actors))
+"""
 
 
 def _ok_videos(out: Path) -> int:
