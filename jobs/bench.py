@@ -31,7 +31,7 @@ from pipeline.config import Config, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.models import resolve_classifier, resolve_detector
-from pipeline.plan import discover
+from pipeline.plan import decode_size, discover
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -64,7 +64,8 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
     for path in paths:
         info = probe(str(path))
         indices = sample_indices(info.pts_s, config.sampling.fps, config.sampling.every_n_frames)
-        reader = read_frames(str(path), info.decoder, indices, info.rotation)
+        size = decode_size(info.width, info.height, config.sampling.decode_max_side)
+        reader = read_frames(str(path), info.decoder, indices, info.rotation, size)
         while True:
             start = time.perf_counter()
             item = next(reader, None)

@@ -24,6 +24,7 @@ class SamplingConfig:
     fps: float | None = 5.0  # frames per second of video, by decoder timestamps
     every_n_frames: int | None = None  # the alternative: every Nth decoded frame
     segment_s: float = 10.0  # length of the work unit one worker takes
+    decode_max_side: int | None = None  # decode larger frames scaled down to this longer side; None: as stored
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Config:
 
         d, c = self.detector, self.classifier
         key = {
-            "sampling": {"fps": self.sampling.fps, "every_n_frames": self.sampling.every_n_frames},
+            "sampling": {"fps": self.sampling.fps, "every_n_frames": self.sampling.every_n_frames,
+                         "decode_max_side": self.sampling.decode_max_side},
             "detector": {
                 "model": model_revision(d.model, kind="detector"),
                 "det_size": d.det_size,
@@ -199,6 +201,8 @@ def _check(config: Config) -> None:
         raise FervidError("sampling.every_n_frames must be at least 1")
     if s.segment_s <= 0:
         raise FervidError("sampling.segment_s must be positive")
+    if s.decode_max_side is not None and s.decode_max_side < 32:
+        raise FervidError("sampling.decode_max_side must be at least 32 (or null: frames as stored)")
     if d.det_size <= 0 or d.det_size % 32:
         raise FervidError("detector.det_size must be a positive multiple of 32")
     if not 0 < d.threshold < 1:

@@ -64,17 +64,21 @@ def sample_indices(pts_s: np.ndarray, fps: float | None = None, every_n_frames: 
     return np.flatnonzero(keep).astype(np.int64)
 
 
-def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0,
+                size: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time.
 
+    size: (width, height) as displayed to scale frames to while decoding; None keeps them as stored.
     Frames that cannot be decoded (a damaged stretch of the file) are left out; the caller counts
-    them. decord applies the rotation metadata itself; PyAV frames are turned here.
+    them. decord applies the rotation metadata itself (and takes the displayed size); PyAV frames
+    are scaled in their stored orientation and turned here.
     """
     if decoder == "decord":
-        yield from _read_decord(path, list(indices))
+        yield from _read_decord(path, list(indices), size)
         return
     turns = (-rotation // 90) % 4  # np.rot90 turns counter-clockwise
-    for index, frame in _read_pyav(path, list(indices)):
+    stored = None if size is None else (tuple(size) if turns % 2 == 0 else tuple(size)[::-1])
+    for index, frame in _read_pyav(path, list(indices), stored):
         yield index, np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
 
 
@@ -109,11 +113,15 @@ def _display_geometry(path: str) -> tuple[int, tuple[int, int]]:
         return int(round(-(frame.rotation or 0))) % 360, (frame.width, frame.height)
 
 
-def _read_decord(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """Chunks of frames; a chunk that fails is retried frame by frame so only damaged frames are lost."""
     import decord
 
-    reader = decord.VideoReader(path, num_threads=1)  # one reader per segment: decord leaks over long use
+    def open_reader() -> decord.VideoReader:
+        width, height = size or (-1, -1)
+        return decord.VideoReader(path, num_threads=1, width=width, height=height)
+
+    reader = open_reader()  # one reader per segment: decord leaks over long use
     for start in range(0, len(indices), READ_CHUNK):
         chunk = indices[start:start + READ_CHUNK]
         try:
@@ -125,14 +133,14 @@ def _read_decord(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarra
             continue
         for index in chunk:  # a fresh reader each time: a failed decode leaves the old one unusable
             try:
-                frame = decord.VideoReader(path, num_threads=1)[index].asnumpy()
+                frame = open_reader()[index].asnumpy()
             except decord.DECORDError:
                 continue
             yield index, frame
-        reader = decord.VideoReader(path, num_threads=1)
+        reader = open_reader()
 
 
-def _read_pyav(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames matched by presentation timestamp; packets that fail to decode are skipped."""
     import av
 
@@ -149,7 +157,8 @@ def _read_pyav(path: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]
                 continue
             for frame in frames:  # decoders emit frames in presentation order
                 if frame.pts in wanted:
-                    yield wanted.pop(frame.pts), frame.to_ndarray(format="rgb24")
+                    width, height = size or (frame.width, frame.height)
+                    yield wanted.pop(frame.pts), frame.to_ndarray(width=width, height=height, format="rgb24")
             if not wanted or any(frame.pts is not None and frame.pts > last for frame in frames):
                 break
 

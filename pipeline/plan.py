@@ -56,6 +56,7 @@ def discover(root: str | Path) -> list[VideoFile]:
 def plan_segments(video_id: str, path: str, info: VideoInfo, sampling: SamplingConfig) -> list[dict]:
     """Split a video's sampled frames into segments of about sampling.segment_s seconds each."""
     indices = sample_indices(info.pts_s, sampling.fps, sampling.every_n_frames)
+    size = decode_size(info.width, info.height, sampling.decode_max_side)
     pts = info.pts_s[indices]
     bucket = np.floor((pts - info.pts_s[0]) / sampling.segment_s).astype(np.int64)
     segments = []
@@ -63,6 +64,15 @@ def plan_segments(video_id: str, path: str, info: VideoInfo, sampling: SamplingC
         mask = bucket == b
         segments.append({
             "video_id": video_id, "path": path, "decoder": info.decoder, "rotation": info.rotation,
+            "decode_size": size, "source_scale": info.width / size[0] if size else 1.0,
             "segment_index": k, "frame_index": indices[mask].tolist(), "pts_s": pts[mask].tolist(),
         })
     return segments
+
+
+def decode_size(width: int, height: int, max_side: int | None) -> list[int] | None:
+    """The (even) displayed width and height to decode at, when the frame's longer side exceeds max_side."""
+    if not max_side or max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return [max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)]

@@ -70,10 +70,14 @@ class DecodeDetectCrop:
         decoded: list[int] = []
         counts: list[int] = []
         small: list[int] = []
-        frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"])
+        frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"],
+                             segment.get("decode_size"))
+        scale = segment.get("source_scale", 1.0)  # boxes are kept in source pixels
         for index, frame in frames:
             found = self.detector.detect(frame)
             crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
+            found.xyxy *= scale
+            found.landmarks *= scale
             decoded.append(index)
             counts.append(len(found))
             small.append(found.too_small)

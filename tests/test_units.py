@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from pipeline.config import Config, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.errors import FervidError
-from pipeline.plan import discover, plan_segments
+from pipeline.plan import decode_size, discover, plan_segments
 from tests.conftest import ROOT
 from tests.media import write_video
 
@@ -131,6 +132,11 @@ def test_rotation_metadata_gives_upright_frames(shared, tmp_path):
         _, upright = next(read_frames(str(path), decoder, [0], info.rotation))
         assert upright.shape == (640, 360, 3)
         assert np.abs(upright.astype(int) - np.rot90(frames[0], -1)).mean() < 6
+        size = decode_size(info.width, info.height, 320)
+        _, small = next(read_frames(str(path), decoder, [0], info.rotation, size))
+        assert small.shape == (320, 180, 3)  # scaled while decoding, still upright
+        expected = cv2.resize(np.rot90(frames[0], -1), (180, 320), interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - expected).mean() < 8
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a video\n" * 50])
@@ -170,3 +176,20 @@ def test_faces_under_min_face_px_are_counted_not_classified(shared):
         closing = rows[-1]
         assert sum(row["kind"] == FACE for row in rows) == 12 * faces
         assert closing["frames_face_count"] == [faces] * 12 and closing["frames_small_faces"] == [small] * 12
+
+
+def test_scaled_decoding_keeps_boxes_in_source_pixels(shared, tmp_path):
+    from pipeline.config import SamplingConfig
+    from pipeline.stages import DecodeDetectCrop
+
+    frames = [f for _, f in read_frames(str(shared / "videos" / "single_face.mp4"), "decord", range(0, 72, 6))]
+    path = str(write_video(tmp_path / "hd.mp4", (cv2.resize(f, (1280, 720)) for f in frames), fps=5))
+    stage = DecodeDetectCrop({"model_path": str(shared / "models" / "scrfd_500m_bnkps.onnx"), "device": "cpu"},
+                             margin=0.2, crop_size=48)
+    boxes = {}
+    for max_side in (None, 640):
+        segment = plan_segments("v", path, probe(path), SamplingConfig(segment_s=100.0, decode_max_side=max_side))[0]
+        assert segment["decode_size"] == (None if max_side is None else [640, 360])
+        boxes[max_side] = np.array([[r[k] for k in ("x1", "y1", "x2", "y2")] for r in stage.segment_rows(segment)[:-1]])
+    assert boxes[None].shape == boxes[640].shape == (12, 4)
+    assert np.abs(boxes[640] - boxes[None]).max() < 6  # pixels of the 1280x720 source
