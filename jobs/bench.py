@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="?", default=str(SHARED / "videos"), help="default: ../shared/videos")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml"),
-                        help="default: configs/test.yaml (the ../shared models)")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "bench.yaml"),
+                        help="default: configs/bench.yaml (the ../shared models, CPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--repeat", type=int, default=1, help="copies of the videos in the workload")
     parser.add_argument("--json", help="also write the figures to this JSON file")

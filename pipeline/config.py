@@ -54,7 +54,7 @@ class ClassifierConfig:
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     quantize: str | None = None  # int8: dynamic int8 feed-forward layers, for CPU-only boxes
     device: str = "auto"  # auto, cpu or cuda
-    actors: int = 1
+    actors: int = 1  # 0: score inside the decode+detect actors (CPU-only boxes: no core split to guess)
     num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
     num_cpus: float = 1.0  # per actor
     threads: int = 0  # torch threads per actor; 0 means num_cpus
@@ -208,11 +208,15 @@ def _check(config: Config) -> None:
     if not 0 < d.threshold < 1:
         raise FervidError("detector.threshold must be between 0 and 1")
     for key, value in (("detector.min_face_px", d.min_face_px), ("detector.max_faces", d.max_faces),
-                       ("detector.actors", d.actors), ("classifier.threads", c.threads)):
+                       ("detector.actors", d.actors), ("classifier.actors", c.actors),
+                       ("classifier.threads", c.threads)):
         if value < 0:
             raise FervidError(f"{key} must not be negative")
-    if d.threads < 1 or c.actors < 1 or c.batch_size < 1:
-        raise FervidError("detector.threads, classifier.actors and classifier.batch_size must be at least 1")
+    if d.threads < 1 or c.batch_size < 1:
+        raise FervidError("detector.threads and classifier.batch_size must be at least 1")
+    if c.actors == 0 and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.resources):
+        raise FervidError("classifier.actors: 0 scores faces inside the decode+detect actors, on their CPUs: "
+                          "it takes no classifier.device cuda, num_gpus or resources")
     if config.crop.margin < 0:
         raise FervidError("crop.margin must not be negative")
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -2,6 +2,7 @@
 
     fervid run:  from_items(segments) -> map_batches(DecodeDetectCrop, CPU actors)
                                       -> map_batches(Classify, GPU/CPU actors) -> driver
+                 (classifier.actors 0: from_items(segments) -> map_batches(DecodeDetectClassify) -> driver)
     fervid eval: from_items(images)   -> map_batches(read_image_crops, CPU tasks)
                                       -> map_batches(Classify, GPU/CPU actors) -> driver
 """
@@ -20,7 +21,7 @@ from pipeline.config import ClassifierConfig, Config
 from pipeline.decode import VideoInfo, probe
 from pipeline.errors import FervidError
 from pipeline.models import ClassifierSpec
-from pipeline.stages import Classify, DecodeDetectCrop, read_image_crops
+from pipeline.stages import Classify, DecodeDetectClassify, DecodeDetectCrop, read_image_crops
 
 if TYPE_CHECKING:
     import ray.data
@@ -41,6 +42,13 @@ class DecodeDetectCropOnNode(DecodeDetectCrop):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return _with_node(super().__call__(batch), EXTRACT_NODE)
+
+
+class DecodeDetectClassifyOnNode(DecodeDetectClassify):
+    """DecodeDetectClassify whose rows name the node they were made and scored on, for the run record."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _with_node(_with_node(super().__call__(batch), EXTRACT_NODE), CLASSIFY_NODE)
 
 
 class ClassifyOnNode(Classify):
@@ -107,7 +115,7 @@ def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]
 
 def stream_scores(segments: list[dict], config: Config, detector_path: str,
                   spec: ClassifierSpec) -> Iterator[pa.Table]:
-    """Run the two stages over the segments; yield scored rows as they come out, in any order."""
+    """Run the stages over the segments; yield scored rows as they come out, in any order."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -121,13 +129,20 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
                 "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads,
                 "device": _device(d.device, d.num_gpus)}
+    extract = {"detector": detector, "margin": config.crop.margin, "crop_size": spec.input_size}
+    stage, scored = DecodeDetectCropOnNode, False
+    if c.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
+        extract["classifier"] = _classifier_kwargs(c, spec, "cpu")
+        extract["classifier"]["threads"] = c.threads or d.threads
+        stage, scored = DecodeDetectClassifyOnNode, True
     ds = ray.data.from_items(segments, override_num_blocks=max(1, len(segments)))
     ds = ds.map_batches(
-        DecodeDetectCropOnNode, fn_constructor_kwargs={"detector": detector, "margin": config.crop.margin,
-                                                       "crop_size": spec.input_size},
-        batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus,
-        num_gpus=d.num_gpus, resources=d.resources or None)
-    yield from _classify(ds, c, spec).iter_batches(batch_format="pyarrow", batch_size=None)
+        stage, fn_constructor_kwargs=extract, batch_size=1, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=extract_actors), num_cpus=extract_cpus, num_gpus=d.num_gpus,
+        resources=d.resources or None)
+    if not scored:
+        ds = _classify(ds, c, spec)
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def stream_image_scores(images: list[dict], c: ClassifierConfig, spec: ClassifierSpec,
@@ -156,13 +171,17 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
                           "run this on a node of the cluster with --address HEAD:6379")
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
-    classifier = {"model": spec.source, "revision": c.revision, "device": _device(c.device, num_gpus),
-                  "dtype": c.dtype, "quantize": c.quantize, "batch_size": c.batch_size,
-                  "threads": c.threads or max(1, int(c.num_cpus))}
+    classifier = _classifier_kwargs(c, spec, _device(c.device, num_gpus))
     return ds.map_batches(
         ClassifyOnNode, fn_constructor_kwargs={"classifier": classifier},
-        batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=c.actors),
+        batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=max(c.actors, 1)),
         num_cpus=c.num_cpus, num_gpus=num_gpus, resources=c.resources or None)
+
+
+def _classifier_kwargs(c: ClassifierConfig, spec: ClassifierSpec, device: str) -> dict:
+    """EmotionClassifier's arguments for an actor on `device`."""
+    return {"model": spec.source, "revision": c.revision, "device": device, "dtype": c.dtype,
+            "quantize": c.quantize, "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
 
 
 def _device(device: str, num_gpus: float) -> str:

@@ -2,8 +2,9 @@
 
 DecodeDetectCrop turns segments into small rows: one per face (with its crop as bytes) and one
 closing row per segment (its sampled frames, face counts, any error). Full frames never leave it.
-Classify scores the face rows and passes the segment rows through. read_image_crops gives
-labelled images the same crop column, so `fervid eval` scores them with the same Classify.
+Classify scores the face rows and passes the segment rows through; DecodeDetectClassify runs both
+in one actor where there is no GPU to feed. read_image_crops gives labelled images the same crop
+column, so `fervid eval` scores them with the same Classify.
 """
 
 from __future__ import annotations
@@ -148,3 +149,15 @@ class Classify:
         for i, name in enumerate(self.columns):
             out = out.append_column(pa.field(name, pa.float32()), pa.array(probs[:, i], mask=~is_face))
         return out
+
+
+class DecodeDetectClassify:
+    """Both stages in one actor, for CPU-only machines: each core runs whole segments, so no split of
+    cores between stages has to be guessed, and scored rows stream out from the first segment."""
+
+    def __init__(self, detector: dict, margin: float, crop_size: int, classifier: dict) -> None:
+        self.extract = DecodeDetectCrop(detector, margin, crop_size)
+        self.classify = Classify(classifier)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.classify(self.extract(batch))

@@ -22,14 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from pipeline.config import load_config
 from tests.conftest import ROOT, TEST_CONFIG
-from tests.test_run import records, table
+from tests.test_run import assert_same_rows, records, table
 
 BIN = Path(sys.executable).parent  # ray, and the `python` a job's entrypoint runs
 PINNED = ["--set", "detector.actors=1", "--set", "detector.resources={extract: 1}",
@@ -117,7 +115,7 @@ def test_submitted_job_gives_the_rows_of_a_local_run_with_work_on_both_nodes(clu
     assert job_id.startswith("raysubmit_")
     assert "2 ok, 0 failed, 0 skipped" in result.stdout  # the job's own summary, followed from its logs
     assert f"job {job_id}: SUCCEEDED" in result.stderr
-    _assert_same_rows(out, analysed)
+    assert_same_rows(out, analysed, videos=2)
     _assert_work_on_both_nodes(out, cluster)
     status = fervid("jobs", "status", job_id, "--address", cluster.dashboard, env=cluster.env)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
@@ -186,7 +184,7 @@ def test_run_over_ray_client_gives_the_rows_of_a_local_run_and_its_exit_status(c
                     env=cluster.env)
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 ok, 1 failed, 0 skipped" in result.stdout
-    _assert_same_rows(out, analysed)
+    assert_same_rows(out, analysed, videos=2)
     _assert_work_on_both_nodes(out, cluster)
     missing = fervid("run", tmp_path / "missing", "--out", out, "--config", TEST_CONFIG,
                      env={**cluster.env, "RAY_ADDRESS": cluster.client})
@@ -225,27 +223,6 @@ def _two_videos(shared: Path, tmp_path: Path) -> Path:
     for name in ("single_face.mp4", "no_face.mp4"):
         shutil.copy(shared / "videos" / name, videos)
     return videos
-
-
-def _assert_same_rows(out: Path, local: Path) -> None:
-    """The rows of every video in out equal those of the local run, but run ids (scores to float32 noise)."""
-    ids = [r["video_id"] for r in records(out).to_pylist() if r["status"] == "ok"]
-    assert len(ids) == 2
-    for name in ("faces", "frames"):
-        got, expected = (_rows(table(folder, name), ids) for folder in (out, local))
-        assert got.column_names == expected.column_names and len(got) == len(expected), name
-        for column in got.column_names:
-            if column.startswith("p_") or column == "confidence":
-                assert np.allclose(got[column].to_numpy(), expected[column].to_numpy(), atol=1e-5), column
-            else:
-                assert got[column].equals(expected[column]), column
-
-
-def _rows(rows: pa.Table, video_ids: list[str]) -> pa.Table:
-    rows = rows.filter(pc.is_in(rows["video_id"].cast(pa.string()), pa.array(video_ids))).drop_columns(["run_id"])
-    rows = rows.set_column(rows.schema.get_field_index("video_id"), "video_id", rows["video_id"].cast(pa.string()))
-    keys = ["video_id", "frame_index"] + (["face_index"] if "face_index" in rows.column_names else [])
-    return rows.sort_by([(k, "ascending") for k in keys])
 
 
 def _assert_work_on_both_nodes(out: Path, cluster: Cluster) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -29,6 +31,27 @@ def video_rows(results: Path, name: str, file_name: str) -> pa.Table:
     video_id = ok[ok.path.str.endswith("/" + file_name)].video_id.iloc[-1]
     rows = table(results, name).to_pandas()
     return rows[rows.video_id == video_id]
+
+
+def assert_same_rows(out: Path, local: Path, videos: int) -> None:
+    """The rows of every ok video in out equal those of the local run, but run ids (scores to float32 noise)."""
+    ids = [r["video_id"] for r in records(out).to_pylist() if r["status"] == "ok"]
+    assert len(ids) == videos
+    for name in ("faces", "frames"):
+        got, expected = (_rows(table(folder, name), ids) for folder in (out, local))
+        assert got.column_names == expected.column_names and len(got) == len(expected), name
+        for column in got.column_names:
+            if column.startswith("p_") or column == "confidence":
+                assert np.allclose(got[column].to_numpy(), expected[column].to_numpy(), atol=1e-5), column
+            else:
+                assert got[column].equals(expected[column]), column
+
+
+def _rows(rows: pa.Table, video_ids: list[str]) -> pa.Table:
+    rows = rows.filter(pc.is_in(rows["video_id"].cast(pa.string()), pa.array(video_ids))).drop_columns(["run_id"])
+    rows = rows.set_column(rows.schema.get_field_index("video_id"), "video_id", rows["video_id"].cast(pa.string()))
+    keys = ["video_id", "frame_index"] + (["face_index"] if "face_index" in rows.column_names else [])
+    return rows.sort_by([(k, "ascending") for k in keys])
 
 
 def test_single_face_has_one_face_in_every_sampled_frame(analysed):
@@ -175,3 +198,17 @@ def test_a_file_decord_cannot_open_falls_back_to_pyav(mixed_run):
     assert (cut.status, cut.decoder) == ("ok", "pyav")  # the readable first half is analysed
     frames = video_rows(results, "frames", "cut_off.mp4")
     assert 40 <= len(frames) <= 50 and (frames.face_count >= 1).mean() > 0.9
+
+
+def test_scoring_inside_the_decode_detect_actors_gives_the_same_rows(analysed, shared, test_config, tmp_path):
+    """classifier.actors 0 (CPU boxes): one actor pool does every stage; the rows are those of two pools."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("WolfgangLanger_Pexels.mp4", "no_face.mp4"):
+        shutil.copy(shared / "videos" / name, videos)
+    fused = replace(test_config, classifier=replace(test_config.classifier, actors=0))
+    summary = Runner(videos, tmp_path / "results", fused, show_progress=False).run()
+    assert summary.counts == {"ok": 2, "failed": 0, "skipped": 0}
+    assert_same_rows(tmp_path / "results", analysed, videos=2)
+    run = json.loads(next((tmp_path / "results" / "runs").glob("*.json")).read_text())
+    assert sum(run["nodes"]["classify_faces"].values()) == summary.faces > 0

@@ -30,6 +30,7 @@ def test_default_yaml_matches_built_in_defaults():
     ("classifier: {dtype: int4}", "classifier.dtype"),
     ("classifier: {quantize: int4}", "classifier.quantize must be null or int8"),
     ("classifier: {quantize: int8, device: cuda}", "runs on the CPU only"),
+    ("classifier: {actors: 0, num_gpus: 1}", "inside the decode\\+detect actors"),
     ("nonsense: 1", "unknown config key 'nonsense'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, yaml_text, message):
