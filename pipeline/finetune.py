@@ -302,9 +302,10 @@ def _train_on_ray(plan: _Plan, device: str, workers: int, train_workers: int, ad
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from pipeline.graph import connect
+    from pipeline.graph import connect, refuse_ray_client
 
     connect(address)
+    refuse_ray_client("Ray Train")  # untested there; its workers' output and checkpoints assume a cluster process
     kind = "GPU" if device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if have < train_workers:

@@ -96,6 +96,15 @@ def connect(address: str | None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
 
 
+def refuse_ray_client(what: str) -> None:
+    """One clear line where a Ray library needs a process of the cluster's own and this one is a Ray Client."""
+    import ray
+
+    if ray.util.client.ray.is_connected():
+        raise FervidError(f"{what} does not run over Ray Client (ray://; only fervid run takes such addresses): "
+                          "run this on a node of the cluster with --address HEAD:6379")
+
+
 def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
     """Probe every video in its own Ray task, so a decoder crash costs one video, not the run."""
     import ray
@@ -166,9 +175,7 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
     import ray
     from ray.data import ActorPoolStrategy
 
-    if ray.util.client.ray.is_connected():  # ray-project/ray#48682; `fervid run` runs its graph in a task instead
-        raise FervidError("Ray Data does not run over Ray Client (ray://; only fervid run takes such addresses): "
-                          "run this on a node of the cluster with --address HEAD:6379")
+    refuse_ray_client("Ray Data")  # ray-project/ray#48682; `fervid run` runs its graph in a task instead
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
     classifier = _classifier_kwargs(c, spec, _device(c.device, num_gpus))

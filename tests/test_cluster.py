@@ -193,6 +193,17 @@ def test_run_over_ray_client_gives_the_rows_of_a_local_run_and_its_exit_status(c
     assert "Traceback" not in missing.stderr
 
 
+def test_eval_and_multi_worker_finetune_refuse_ray_client_in_one_line(cluster, shared, tmp_path):
+    model = shared / "models" / "vit-fer-tiny"
+    commands = {"Ray Data": ("eval", shared / "fer2013" / "test", "--model", model, "--filter", "PublicTest_1*"),
+                "Ray Train": ("finetune", shared / "fer2013" / "train-sample", "--base", model, "--out",
+                              tmp_path / "tuned", "--train-workers", "2", "--device", "cpu")}
+    for library, command in commands.items():
+        result = fervid(*command, "--address", cluster.client, env=cluster.env)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.splitlines()[-1].startswith(f"fervid: error: {library} does not run over Ray Client")
+
+
 def test_detector_on_cuda_without_the_gpu_onnxruntime_is_one_clear_error():
     import onnxruntime
 

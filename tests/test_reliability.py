@@ -146,9 +146,9 @@ def _content(results: Path) -> dict[str, pa.Table]:
     return out
 
 
-def _start_run(videos: Path, out: Path) -> subprocess.Popen:
+def _start_run(videos: Path, out: Path, *settings: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipeline.cli", "run", str(videos), "--out", str(out), "--config", str(TEST_CONFIG),
-               "--quiet"]
+               "--quiet", *(arg for setting in settings for arg in ("--set", setting))]
     return subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -168,13 +168,17 @@ def _ok_videos(out: Path) -> int:
 
 
 def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
-    """A decode+detect actor is killed mid-run; Ray restarts it and retries its segment."""
+    """A decode+detect actor is killed mid-run; Ray restarts it and retries its segment.
+
+    The actors classify too (classifier.actors 0), so videos are committed one by one while they work:
+    a separate classifier actor could start so late that every video lands at once, at the very end.
+    """
     out = tmp_path / "results"
-    run = _start_run(shared / "videos", out)
+    run = _start_run(shared / "videos", out, "classifier.actors=0")
     victims = []
 
     def extract_worker() -> bool:
-        victims[:] = [pid for pid in _pids() if b"DecodeDetectCrop" in _cmdline(pid)]
+        victims[:] = [pid for pid in _pids() if b"DecodeDetect" in _cmdline(pid)]
         return bool(victims) and _ok_videos(out) >= 1
 
     _wait_for(extract_worker)
@@ -189,7 +193,7 @@ def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
 
 def test_killed_driver_then_rerun_equals_an_uninterrupted_run(shared, analysed, tmp_path):
     out = tmp_path / "results"
-    run = _start_run(shared / "videos", out)
+    run = _start_run(shared / "videos", out, "classifier.actors=0")  # videos commit one by one: see above
     _wait_for(lambda: _ok_videos(out) >= 1)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=60)
