@@ -72,8 +72,8 @@ class DecodeDetectCrop:
         counts: list[int] = []
         small: list[int] = []
         frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"],
-                             segment.get("decode_size"))
-        scale = segment.get("source_scale", 1.0)  # boxes are kept in source pixels
+                             segment["decode_size"])
+        scale = segment["source_scale"]  # boxes are kept in source pixels
         for index, frame in frames:
             found = self.detector.detect(frame)
             crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
