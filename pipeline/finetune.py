@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
     import torch
     from transformers.image_processing_utils import BaseImageProcessor
 
-CHECKPOINT_PREFIX, TRAINER_STATE, LOG_FILE, METRICS_FILE = "checkpoint-", "trainer.pt", "train_log.jsonl", "metrics.json"
+CHECKPOINT_PREFIX, TRAINER_STATE = "checkpoint-", "trainer.pt"
+LOG_FILE, METRICS_FILE = "train_log.jsonl", "metrics.json"
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 
 
@@ -282,10 +282,11 @@ def _gpu_count(address: str | None) -> int:
     """GPUs of the Ray cluster being joined, else of this machine (without starting Ray for it); at least 1."""
     import torch
 
-    if address or os.environ.get("RAY_ADDRESS"):
+    from pipeline.graph import cluster_address, connect
+
+    if cluster_address(address):
         import ray
 
-        from pipeline.graph import connect
 
         connect(address)
         return max(1, int(ray.cluster_resources().get("GPU", 0)))

@@ -141,8 +141,7 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     extract = {"detector": detector, "margin": config.crop.margin, "crop_size": spec.input_size}
     stage, scored = DecodeDetectCropOnNode, False
     if c.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
-        extract["classifier"] = _classifier_kwargs(c, spec, "cpu")
-        extract["classifier"]["threads"] = c.threads or d.threads
+        extract["classifier"] = _classifier_kwargs(c, spec, "cpu", threads=c.threads or d.threads)
         stage, scored = DecodeDetectClassifyOnNode, True
     ds = ray.data.from_items(segments, override_num_blocks=max(1, len(segments)))
     ds = ds.map_batches(
@@ -178,17 +177,17 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
     refuse_ray_client("Ray Data")  # ray-project/ray#48682; `fervid run` runs its graph in a task instead
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
-    classifier = _classifier_kwargs(c, spec, _device(c.device, num_gpus))
+    classifier = _classifier_kwargs(c, spec, _device(c.device, num_gpus), threads=c.threads or max(1, int(c.num_cpus)))
     return ds.map_batches(
         ClassifyOnNode, fn_constructor_kwargs={"classifier": classifier},
         batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=max(c.actors, 1)),
         num_cpus=c.num_cpus, num_gpus=num_gpus, resources=c.resources or None)
 
 
-def _classifier_kwargs(c: ClassifierConfig, spec: ClassifierSpec, device: str) -> dict:
-    """EmotionClassifier's arguments for an actor on `device`."""
+def _classifier_kwargs(c: ClassifierConfig, spec: ClassifierSpec, device: str, threads: int) -> dict:
+    """EmotionClassifier's arguments for an actor on `device` with `threads` torch threads."""
     return {"model": spec.source, "revision": c.revision, "device": device, "dtype": c.dtype,
-            "quantize": c.quantize, "batch_size": c.batch_size, "threads": c.threads or max(1, int(c.num_cpus))}
+            "quantize": c.quantize, "batch_size": c.batch_size, "threads": threads}
 
 
 def _device(device: str, num_gpus: float) -> str:
