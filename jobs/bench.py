@@ -57,7 +57,7 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
     d, c = config.detector, config.classifier
     spec = resolve_classifier(c.model, c.revision)
     detector = FaceDetector(str(resolve_detector(d.model)), d.det_size, d.threshold, d.min_face_px, d.max_faces,
-                            d.threads, "cpu")
+                            d.threads, "cpu", d.aspect_fit)
     classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, c.batch_size, c.threads or 1, c.quantize)
     decode_s = detect_s = 0.0
     frames, crops = 0, []

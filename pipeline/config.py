@@ -31,6 +31,7 @@ class SamplingConfig:
 class DetectorConfig:
     model: str = "buffalo_l"  # InsightFace pack name, or a path to an SCRFD .onnx
     det_size: int = 640  # detector input side, a multiple of 32
+    aspect_fit: bool = True  # det_size on the longer side, the frame's aspect on the other (else a square)
     threshold: float = 0.5
     min_face_px: int = 0  # faces whose shorter box side is below this are dropped
     max_faces: int = 0  # per frame, largest first; 0 keeps all
@@ -93,6 +94,7 @@ class Config:
             "detector": {
                 "model": model_revision(d.model, kind="detector"),
                 "det_size": d.det_size,
+                "aspect_fit": d.aspect_fit,
                 "threshold": d.threshold,
                 "min_face_px": d.min_face_px,
                 "max_faces": d.max_faces,

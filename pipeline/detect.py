@@ -1,12 +1,23 @@
-"""Face detection with InsightFace's SCRFD, one frame at a time, boxes in source pixels."""
+"""Face detection with InsightFace's SCRFD, one frame at a time, boxes in source pixels.
+
+By default the detector input fits the frame's aspect (640x384 for a 16:9 frame, det_size on the
+longer side) instead of letterboxing it into a det_size square, so the network does not spend 40%
+of its work on padding. SCRFD graphs exported with a fixed input size get a size-agnostic copy.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import FervidError
+
+STRIDE = 32  # SCRFD's coarsest feature stride: input sides must be multiples of it
 
 
 @dataclass
@@ -35,11 +46,69 @@ def onnx_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def fitted_input(width: int, height: int, det_size: int) -> tuple[int, int]:
+    """The (width, height) detector input for a frame: det_size on the longer side, the shorter
+    side scaled alike and rounded up to a multiple of STRIDE (insightface pads the rest)."""
+    scale = det_size / max(width, height)
+    return tuple(max(STRIDE, math.ceil(side * scale / STRIDE) * STRIDE) for side in (width, height))
+
+
+def any_size_model(model_path: str | Path) -> Path | None:
+    """A copy of a fixed-input SCRFD graph that takes any input size; the path itself if it does
+    already; None where the graph is not of the known shape (then only its own size is used).
+
+    Exports at a fixed size (such as the 640x640 SCRFD-500M) carry their two nearest-neighbour
+    upsamplings as constant output sizes; as constant 2x scales they compute the same values at
+    640x640 and follow any other input size. The copy lies in the temp folder, named by content.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.models import file_digest
+
+    model = onnx.load(str(model_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not (dims[2].dim_value and dims[3].dim_value):
+        return Path(model_path)
+    target = Path(tempfile.gettempdir()) / "fervid-models" / f"{file_digest(model_path)}-any-size.onnx"
+    if target.is_file():
+        return target
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type == "Resize"):
+        sizes = constants.get(node.input[3]) if len(node.input) == 4 else None
+        before = shapes.get(node.input[0])
+        if sizes is None or not before or list(sizes[:2]) != before[:2] or any(
+                s != 2 * b for s, b in zip(sizes[2:], before[2:])):
+            return None
+        scales = node.output[0] + "_scales"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), scales))
+        node.input[2] = scales
+        del node.input[3]
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]  # the old constant sizes
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+    height, width = dims[2:4]
+    height.dim_param, width.dim_param = "height", "width"  # a dim_param replaces the fixed dim_value
+    for output in model.graph.output:  # (1, anchors, k) or (anchors, k): all but k follow the input
+        for axis, dim in enumerate(output.type.tensor_type.shape.dim[:-1]):
+            dim.dim_param = f"{output.name}_{axis}"
+    del model.graph.value_info[:]  # the fixed intermediate shapes no longer hold
+    onnx.checker.check_model(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    onnx.save(model, str(partial))
+    os.replace(partial, target)  # actors starting together each write whole files; the last one stays
+    return target
+
+
 class FaceDetector:
     """SCRFD from an .onnx file; `detect` takes an RGB frame and returns its faces."""
 
     def __init__(self, model_path: str, det_size: int = 640, threshold: float = 0.5, min_face_px: int = 0,
-                 max_faces: int = 0, threads: int = 1, device: str = "auto") -> None:
+                 max_faces: int = 0, threads: int = 1, device: str = "auto", aspect_fit: bool = True) -> None:
         import insightface
         import onnxruntime
 
@@ -48,7 +117,10 @@ class FaceDetector:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = onnx_providers(device)
-        self.model = insightface.model_zoo.get_model(str(model_path), providers=providers, sess_options=options)
+        any_size = any_size_model(model_path) if aspect_fit else None
+        self.aspect_fit = any_size is not None
+        self.model = insightface.model_zoo.get_model(str(any_size or model_path), providers=providers,
+                                                     sess_options=options)
         # a negative ctx_id makes insightface fall back to the CPU provider
         on_gpu = providers[0] == "CUDAExecutionProvider"
         self.model.prepare(ctx_id=0 if on_gpu else -1, input_size=(det_size, det_size), det_thresh=threshold)
@@ -57,9 +129,14 @@ class FaceDetector:
         self.min_face_px = min_face_px
         self.max_faces = max_faces
 
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The detector input a width x height frame is scaled and padded into."""
+        return fitted_input(width, height, self.det_size) if self.aspect_fit else (self.det_size, self.det_size)
+
     def detect(self, frame_rgb: np.ndarray) -> Detections:
+        height, width = frame_rgb.shape[:2]
         boxes, keypoints = self.model.detect(np.ascontiguousarray(frame_rgb[..., ::-1]),  # SCRFD expects BGR
-                                             input_size=(self.det_size, self.det_size))
+                                             input_size=self.input_size(width, height))
         xyxy = boxes[:, :4].astype(np.float32)
         score = boxes[:, 4].astype(np.float32)
         landmarks = (keypoints if keypoints is not None else np.zeros((len(boxes), 5, 2))).astype(np.float32)

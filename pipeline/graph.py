@@ -135,9 +135,9 @@ def stream_scores(segments: list[dict], config: Config, detector_path: str,
     cpus_left = max(resources.get("CPU", 1) - c.actors * c.num_cpus, 0.5)
     extract_actors = d.actors or max(1, round(cpus_left))
     extract_cpus = min(float(d.threads), cpus_left / extract_actors)
-    detector = {"model_path": detector_path, "det_size": d.det_size, "threshold": d.threshold,
-                "min_face_px": d.min_face_px, "max_faces": d.max_faces, "threads": d.threads,
-                "device": _device(d.device, d.num_gpus)}
+    detector = {"model_path": detector_path, "det_size": d.det_size, "aspect_fit": d.aspect_fit,
+                "threshold": d.threshold, "min_face_px": d.min_face_px, "max_faces": d.max_faces,
+                "threads": d.threads, "device": _device(d.device, d.num_gpus)}
     extract = {"detector": detector, "margin": config.crop.margin, "crop_size": spec.input_size}
     stage, scored = DecodeDetectCropOnNode, False
     if c.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
