@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline import query
+from pipeline import query, storage
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
 from pipeline.report import clock, emotion_colours, find_videos, labels_of, source_problem
@@ -34,6 +34,7 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
     problem = source_problem(record["path"], record["size_bytes"])
     if problem:
         raise FervidError(f"cannot annotate: {problem}")
+    source = storage.local_file(record["path"], record["video_id"])  # a remote video: fetched into the cache
     params = {"id": record["video_id"]}
     pts = dict(con.sql("SELECT frame_index, pts_s FROM frames WHERE video_id = $id", params=params).fetchall())
     faces = defaultdict(list)
@@ -52,7 +53,7 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
         stream = container.add_stream("libx264", rate=round(len(pts) / max(record["duration_s"], 1e-3)) or 1)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = TIME_BASE
-        for index, frame in read_frames(record["path"], record["decoder"], sorted(pts), record["rotation"]):
+        for index, frame in read_frames(source, record["decoder"], sorted(pts), record["rotation"]):
             image = _draw(np.ascontiguousarray(frame[:height, :width]), faces[index], colours, pts[index])
             out_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             out_frame.pts = last = max(round((pts[index] - start) / TIME_BASE), last + 1)

@@ -63,8 +63,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared by `fervid run` and the `python -m jobs.analyze` Ray job entry point."""
-    parser.add_argument("videos", help="folder of videos (searched recursively) or one video file")
-    parser.add_argument("--out", required=True, help="results folder (created if missing)")
+    parser.add_argument("videos", help="folder of videos (searched recursively), one video file, or a URI "
+                        "(s3://bucket/prefix/, gs://...)")
+    parser.add_argument("--out", required=True, help="results folder (created if missing) or URI")
     parser.add_argument("--config", help="YAML run configuration (default: built-in production defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set sampling.fps=2 (repeatable)")
@@ -95,8 +96,10 @@ JOBS_ADDRESS_HELP = ("the cluster's dashboard, e.g. http://HEAD:8265 (default: R
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", help="folder of videos (or one video) at a path every node of the cluster sees")
-    parser.add_argument("--out", required=True, help="results folder at a path every node of the cluster sees")
+    parser.add_argument("videos", help="folder of videos (or one video) at a path every node of the cluster sees, "
+                        "or a URI (s3://, gs://) they can reach")
+    parser.add_argument("--out", required=True, help="results folder at a path every node of the cluster sees, "
+                        "or a URI")
     parser.add_argument("--config", help="YAML run configuration, read and checked here; local model paths in it "
                         "must exist on every node")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -167,7 +170,7 @@ def _job_exit_code(job) -> int:
 
 
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
     parser.add_argument("sql", nargs="?", help='the query, e.g. "SELECT * FROM video_summary"')
     parser.add_argument("-f", "--file", help="read the query from a .sql file instead")
     parser.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
@@ -198,10 +201,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
     parser.add_argument("--video", dest="videos", action="extend", nargs="+", metavar="ID_OR_PATH",
                         help="only these videos, by video_id or the path they were analysed from (default: all)")
-    parser.add_argument("--out", help="folder for the report (default: RESULTS-report beside the results folder)")
+    parser.add_argument("--out", help="folder for the report (default: RESULTS-report beside a local results "
+                        "folder; results at a URI need it)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -212,7 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", help="results folder written by `fervid run`")
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
     parser.add_argument("--video", required=True, metavar="ID_OR_PATH",
                         help="the video, by video_id or the path it was analysed from")
     parser.add_argument("--out", required=True, help="the annotated video to write (.mp4, H.264)")

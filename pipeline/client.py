@@ -4,7 +4,7 @@ Ray Data does not run over Ray Client (ray-project/ray#48682): its executor need
 cluster's own. So the client only connects (graph.connect carries this copy of fervid's code) and runs
 Runner.run as a task that asks for no CPU, so it keeps no worker slot from the run's own actors. The
 task's progress lines reach the client through Ray Client's log streaming, its RunSummary comes back
-as its result. Videos and results are paths on the cluster's nodes, as for `fervid submit`.
+as its result. Videos and results are paths on the cluster's nodes or URIs, as for `fervid submit`.
 """
 
 from __future__ import annotations

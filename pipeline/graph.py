@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from pipeline import storage
 from pipeline.config import ClassifierConfig, Config
 from pipeline.decode import VideoInfo, probe
 from pipeline.errors import FervidError
@@ -105,12 +106,12 @@ def refuse_ray_client(what: str) -> None:
                           "run this on a node of the cluster with --address HEAD:6379")
 
 
-def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
-    """Probe every video in its own Ray task, so a decoder crash costs one video, not the run."""
+def probe_videos(videos: dict[str, str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
+    """Probe every video (path -> video_id) in its own Ray task, so a decoder crash costs one video, not the run."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=1)(probe)
-    pending = {task.remote(path): path for path in paths}
+    task = ray.remote(num_cpus=1, max_retries=1)(_probe_local_copy)
+    pending = {task.remote(path, video_id): path for path, video_id in videos.items()}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         path = pending.pop(ready[0])
@@ -120,6 +121,11 @@ def probe_videos(paths: list[str]) -> Iterator[tuple[str, VideoInfo | Exception]
             yield path, e.cause if isinstance(e.cause, Exception) else e
         except Exception as e:  # the worker died: a crash inside the decoder
             yield path, RuntimeError(f"the decoder crashed ({type(e).__name__})")
+
+
+def _probe_local_copy(path: str, video_id: str) -> VideoInfo:
+    """Decoders need a file: a remote video is probed from this node's cached copy, which its segments reuse."""
+    return probe(storage.local_file(path, video_id))
 
 
 def stream_scores(segments: list[dict], config: Config, detector_path: str,

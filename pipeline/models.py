@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
+from pipeline import storage
 from pipeline.errors import FervidError, first_line
 
 _LOCAL_HINT = "point the config at a local copy (e.g. --set {key}={example})"
@@ -27,16 +30,17 @@ class ClassifierSpec:
     input_size: int  # square side from the preprocessor config
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """A cheap content hash: size plus the first, middle and last MiB. Renames don't change it."""
-    path = Path(path)
-    size = path.stat().st_size
+def file_digest(source: str | Path | pa.NativeFile, chunk: int = 1 << 20) -> str:
+    """A cheap content hash: size plus the first, middle and last MiB. Renames and copies keep it, local or
+    remote alike; read by offset, so a remote video costs three ranged reads, not a download."""
+    if not isinstance(source, pa.NativeFile):
+        with storage.open_input(source) as f:
+            return file_digest(f, chunk)
+    size = source.size()
     h = hashlib.blake2b(digest_size=8)
     h.update(str(size).encode())
-    with path.open("rb") as f:
-        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
-            f.seek(offset)
-            h.update(f.read(chunk))
+    for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+        h.update(source.read_at(chunk, offset))
     return h.hexdigest()
 
 

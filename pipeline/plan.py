@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
+from pyarrow.fs import FileType
 
+from pipeline import storage
 from pipeline.config import SamplingConfig
 from pipeline.decode import VideoInfo, sample_indices
 from pipeline.errors import FervidError
@@ -17,36 +18,16 @@ VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 
 @dataclass
 class VideoFile:
-    path: Path
+    path: Path | str  # a local path, or the URI of a remote object
     size_bytes: int
 
 
 def discover(root: str | Path) -> list[VideoFile]:
-    """Every video file under root, recursively, in path order. Folder links are followed once."""
-    root = Path(root)
-    if not root.exists():
+    """Every video file under root (a folder, a file, or a URI prefix), recursively, in path order."""
+    if storage.stat(root).type == FileType.NotFound:
         raise FervidError(f"input folder not found: {root}")
-    if root.is_file():
-        candidates = [root]
-    else:
-        candidates = []
-        seen: set[tuple[int, int]] = set()
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen:  # a link loop, or a folder reached twice
-                dirs[:] = []
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            dirs.sort()
-            candidates += [Path(folder) / name for name in sorted(files)]
-    videos = []
-    for path in candidates:
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            try:
-                size = path.stat().st_size
-            except OSError:  # a dangling link: still listed, so the run records why it failed
-                size = 0
-            videos.append(VideoFile(path, size))
+    videos = [VideoFile(loc.uri if loc.remote else Path(loc.path), size) for loc, size in storage.list_files(root)
+              if PurePosixPath(loc.path).suffix.lower() in VIDEO_EXTENSIONS]
     if not videos:
         exts = " ".join(sorted(VIDEO_EXTENSIONS))
         raise FervidError(f"no videos ({exts}) found under {root}")

@@ -9,33 +9,37 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from pipeline import storage
 from pipeline.errors import FervidError
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql",
               "tracks.sql")
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
+TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1}  # folders between a table's folder and its files
 DICTIONARY_COLUMNS = ("run_id", "emotion")
 
 
-def connect(results_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with every view over RESULTS, for notebooks and `fervid query`.
+def connect(results_dir: str | Path | storage.Location) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with every view over RESULTS (a folder or an object-store URI), for notebooks
+    and `fervid query`.
 
     Read-only: DuckDB gets the Parquet as Arrow datasets (read by pyarrow, which is handed the
     columns and the video_id filter, so it opens only those files) and no file access of its own,
     locked, so COPY, EXPORT, ATTACH, read_csv and the like fail instead of touching any file.
     The file list is a snapshot: connect again to see later runs.
     """
-    root = _results_root(results_dir)
-    datasets = {table: _dataset(root, table) for table in TABLE_FILES}
+    root, files = _results(results_dir)
+    datasets = {table: _dataset(root, table, paths) for table, paths in files.items()}
     con = duckdb.connect()
     for table, dataset in datasets.items():
         con.register(f"{table}_files", dataset)
@@ -47,19 +51,21 @@ def connect(results_dir: str | Path) -> duckdb.DuckDBPyConnection:
 
 def view_sql(results_dir: str | Path) -> str:
     """The view definitions for RESULTS as plain SQL reading its Parquet directly, for any DuckDB client."""
-    root = _results_root(results_dir)
+    root, files = _results(results_dir)
+    if root.remote:
+        raise FervidError(f"{root.uri}: --print-views needs a local results folder (the views read files by path)")
     sources = {}
     for table, pattern in TABLE_FILES.items():
         hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if table != "videos" else ""
-        path = str(root / pattern).replace("'", "''")
+        path = str(Path(root.path, pattern)).replace("'", "''")
         sources[table] = f"read_parquet('{path}'{hive}, union_by_name = true)"
-    return _render_views(sources, _labels(_dataset(root, "faces")))
+    return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])))
 
 
 def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None) -> None:
     """Run SQL (one or more statements; the last one's rows are the result) and print or save the result."""
-    root = _results_root(results_dir)
-    if output is not None and Path(output).resolve().is_relative_to(root):
+    root = storage.locate(results_dir)
+    if output is not None and not root.remote and Path(output).resolve().is_relative_to(Path(root.path).resolve()):
         raise FervidError(f"--output {output} is inside the results folder; fervid query never writes there")
     if fmt == "parquet" and output is None:
         raise FervidError("--format parquet needs --output FILE")
@@ -99,39 +105,52 @@ def _render_views(sources: dict[str, str], labels: list[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _results_root(results_dir: str | Path) -> Path:
-    """The RESULTS folder, checked to hold analysed videos, so an empty one fails in one clear line."""
-    root = Path(results_dir).resolve()
-    if not root.is_dir():
-        raise FervidError(f"results folder {root} does not exist")
-    if not any(root.glob(TABLE_FILES["videos"])):
-        raise FervidError(f"{root} holds no fervid results (no videos/*.parquet); run `fervid run VIDEOS --out {root}`")
-    if not any(root.glob(TABLE_FILES["faces"])) or not any(root.glob(TABLE_FILES["frames"])):
-        raise FervidError(f"no video in {root} has been analysed successfully yet")
-    return root
+def _results(results_dir: str | Path | storage.Location) -> tuple[storage.Location, dict[str, list[storage.Location]]]:
+    """The RESULTS folder and its tables' files, checked to hold analysed videos, so an empty one fails in one
+    clear line."""
+    root = storage.locate(results_dir)
+    if storage.stat(root).type != FileType.Directory:
+        raise FervidError(f"results folder {root.uri} does not exist")
+    files = _table_files(root)
+    if not files["videos"]:
+        raise FervidError(f"{root.uri} holds no fervid results (no videos/*.parquet); "
+                          f"run `fervid run VIDEOS --out {root.uri}`")
+    if not files["faces"] or not files["frames"]:
+        raise FervidError(f"no video in {root.uri} has been analysed successfully yet")
+    return root, files
 
 
-def _dataset(root: Path, table: str) -> ds.Dataset:
-    """A table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out).
+def _table_files(root: storage.Location) -> dict[str, list[storage.Location]]:
+    """Each table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out)."""
+    files = {}
+    for table, depth in TABLE_DEPTH.items():
+        base = root.child(table)
+        files[table] = [loc for loc, _ in storage.list_files(base) if loc.name.endswith(".parquet")
+                        and loc.path[len(base.path) + 1:].count("/") == depth]
+    return files
+
+
+def _dataset(root: storage.Location, table: str, files: list[storage.Location]) -> ds.Dataset:
+    """A table's files as one Arrow dataset.
 
     The schema is the union over runs (one file per run name is enough: a run writes one schema),
     so runs with different models' labels read together, with NULL where a file lacks a column.
     Strings with few values (video_id, run_id, emotion) arrive dictionary-encoded, which DuckDB
     joins and groups on several times faster than plain strings.
     """
-    files = sorted(root.glob(TABLE_FILES[table]))
-    one_per_run = {path.name: path for path in files}.values()
-    schema = pa.unify_schemas([pq.read_schema(path) for path in one_per_run])
+    one_per_run = {loc.name: loc for loc in files}.values()
+    schema = pa.unify_schemas([storage.read_schema(loc) for loc in one_per_run])
+    paths = [loc.path for loc in files]
     if table == "videos":
-        return ds.dataset([str(path) for path in files], schema=schema, format="parquet")
+        return ds.dataset(paths, schema=schema, format="parquet", filesystem=root.fs)
     codes = pa.dictionary(pa.int32(), pa.string())
     schema = pa.schema([f.with_type(codes) if f.name in DICTIONARY_COLUMNS else f for f in schema])
-    video_ids = sorted({path.parent.name.removeprefix("video_id=") for path in files})
+    video_ids = sorted({PurePosixPath(path).parent.name.removeprefix("video_id=") for path in paths})
     partitioning = ds.HivePartitioning(pa.schema([("video_id", codes)]), dictionaries={"video_id": pa.array(video_ids)})
     read_options = ds.ParquetReadOptions(dictionary_columns=[c for c in DICTIONARY_COLUMNS if c in schema.names])
-    return ds.dataset([str(path) for path in files], schema=schema.append(pa.field("video_id", codes)),
+    return ds.dataset(paths, schema=schema.append(pa.field("video_id", codes)), filesystem=root.fs,
                       format=ds.ParquetFileFormat(read_options=read_options), partitioning=partitioning,
-                      partition_base_dir=str(root / table))
+                      partition_base_dir=root.child(table).path)
 
 
 def _labels(faces: ds.Dataset) -> list[str]:

@@ -11,7 +11,6 @@ errors and model ids show as text.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import cv2
 import duckdb
 import jinja2
 import plotly
+from pyarrow.fs import FileType
 
-from pipeline import query
+from pipeline import query, storage
 from pipeline.config import CropConfig
 from pipeline.crop import square_crops
 from pipeline.decode import read_frames
@@ -44,10 +44,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  videos: list[str] | None = None) -> Path:
     """Write a page per selected video (all by default) and index.html into OUT; returns the index's path.
 
-    OUT defaults to a folder beside RESULTS named `<RESULTS>-report`, so the results folder stays read-only.
+    OUT defaults to a folder beside RESULTS named `<RESULTS>-report`, so the results folder stays read-only;
+    results at a URI need an OUT.
     """
-    root = Path(results_dir).resolve()
-    out = Path(out_dir) if out_dir else root.with_name(root.name + "-report")
+    root = storage.locate(results_dir)
+    if not out_dir and root.remote:
+        raise FervidError(f"{root.uri}: give --out DIR for the report of results at a URI")
+    out = Path(out_dir) if out_dir else Path(root.path).with_name(root.name + "-report")
     con = query.connect(root)
     records = latest_records(root)
     if videos:
@@ -80,7 +83,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         if row["status"] == "ok":
             page = _video_page(con, root, out, row, labels, colours)
             _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
-    _write(out / "index.html", env.get_template("index.html").render(rows=rows, colours=colours, results=root))
+    _write(out / "index.html", env.get_template("index.html").render(rows=rows, colours=colours, results=root.uri))
     return out / "index.html"
 
 
@@ -88,7 +91,7 @@ def find_videos(records: list[dict], wanted: list[str], among: str = "the result
     """The records named by video id or by the path they were analysed from, in the order asked for."""
     found = []
     for name in wanted:
-        path = os.path.abspath(name)  # as fervid run records it
+        path = storage.locate(name).uri  # as fervid run records it
         match = [r for r in records if name == r["video_id"] or path == r["path"]]
         if not match:
             raise FervidError(f"{name!r} is not the video_id or path of any of {among}")
@@ -110,10 +113,13 @@ def emotion_colours(labels: list[str]) -> dict[str, str]:
 
 def source_problem(path: str, size_bytes: int) -> str | None:
     """Why the source video cannot be shown again (gone or replaced), or None when it is still there."""
-    file = Path(path)
-    if not file.is_file():
+    try:
+        info = storage.stat(path)
+    except FervidError as e:  # a store that cannot be reached
+        return str(e)
+    if info.type != FileType.File:
         return f"the source video is no longer at {path}"
-    if file.stat().st_size != size_bytes:
+    if info.size != size_bytes:
         return f"the file at {path} has changed since it was analysed"
     return None
 
@@ -127,7 +133,7 @@ def clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{s:04.1f}" if hours else f"{minutes}:{s:04.1f}"
 
 
-def _video_page(con: duckdb.DuckDBPyConnection, root: Path, out: Path, video: dict, labels: list[str],
+def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Path, video: dict, labels: list[str],
                 colours: dict[str, str]) -> dict:
     """Everything one video's page shows besides its index row, read from the views for that video only."""
     params = {"id": video["video_id"]}
@@ -142,8 +148,8 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: Path, out: Path, video: di
     timeline = _sql(con, f"SELECT *, (start_s + end_s) / 2 AS t FROM timeline({bucket_s}) WHERE video_id = $id "
                          "ORDER BY start_s, track_id", **params)
     moments = _key_moments(con, video, labels)
-    run = root / "runs" / f"{video['run_id']}.json"
-    config = json.loads(run.read_text()).get("config", {}) if run.is_file() else {}
+    run = root.child("runs", f"{video['run_id']}.json")
+    config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
     missing = _thumbnails(video, moments, config.get("crop", {}).get("margin", CropConfig.margin), out)
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
             "config": config, "bucket_s": bucket_s, **_charts(timeline, labels, colours, video["duration_s"])}
@@ -176,7 +182,8 @@ def _thumbnails(video: dict, moments: list[dict], margin: float, out: Path) -> s
     for moment in moments:
         by_frame.setdefault(moment["face"]["frame_index"], []).append(moment)
     try:
-        for index, frame in read_frames(video["path"], video["decoder"], sorted(by_frame), video["rotation"]):
+        path = storage.local_file(video["path"], video["video_id"])  # a remote video: fetched into the cache
+        for index, frame in read_frames(path, video["decoder"], sorted(by_frame), video["rotation"]):
             chosen = by_frame[index]
             boxes = [[m["face"][c] for c in ("x1", "y1", "x2", "y2")] for m in chosen]
             for moment, crop in zip(chosen, square_crops(frame, boxes, margin, THUMB_PX)):
@@ -230,7 +237,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["clock"] = clock
-    env.filters["name"] = lambda path: Path(path).name
+    env.filters["name"] = storage.file_name
     return env
 
 

@@ -1,4 +1,4 @@
-"""The results folder: Parquet tables written atomically, run records, and the lock.
+"""The results folder (local, or at an object-store URI): Parquet tables written atomically, run records, the lock.
 
     faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet
     videos/<run>.parquet                runs/<run>.json
@@ -9,21 +9,29 @@ Superseded files of a video are removed only after the new record is in.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from pipeline import storage
 from pipeline.config import TrackingConfig
 from pipeline.errors import FervidError
 from pipeline.track import NO_TRACK, smooth_scores, track_faces
+
+OBJECT_LOCK_EXPIRES_S = 24 * 3600  # a results lock on an object store older than this is taken as left behind
 
 VIDEOS_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
@@ -93,12 +101,12 @@ def frames_table(segments: list[dict], run_id: str) -> pa.Table:
     }, schema=FRAMES_SCHEMA)
 
 
-def latest_records(root: str | Path) -> pa.Table:
+def latest_records(root: str | Path | storage.Location) -> pa.Table:
     """Per video, its latest record that was not a skip; reads only, so a report can use it on a read-only folder."""
-    files = sorted((Path(root) / "videos").glob("*.parquet"))
+    files = [loc for loc, _ in storage.list_files(storage.locate(root).child("videos")) if loc.path.endswith(".parquet")]
     if not files:
         return VIDEOS_SCHEMA.empty_table()
-    table = pa.concat_tables([pq.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
+    table = pa.concat_tables([storage.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
     table = table.filter(pc.not_equal(table["status"], "skipped"))
     table = table.sort_by([("video_id", "ascending"), ("finished_at", "descending")])
     ids = table.column("video_id").to_numpy(zero_copy_only=False)
@@ -107,29 +115,36 @@ def latest_records(root: str | Path) -> pa.Table:
 
 
 class ResultsStore:
-    """Reads and writes one RESULTS folder."""
+    """Reads and writes one RESULTS folder, local or at an object-store URI."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = storage.locate(root)
+        probe = self.root.child(".write-test")
         try:
-            for sub in ("faces", "frames", "videos", "runs"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            if self.root.remote:  # an unknown bucket, bad credentials, no endpoint: one line naming RESULTS
+                storage.stat(self.root)
+            else:  # an object store has no folders to make
+                for sub in ("faces", "frames", "videos", "runs"):
+                    Path(self.root.path, sub).mkdir(parents=True, exist_ok=True)
+            storage.write_bytes(probe, b"")
+            storage.delete(probe)
         except OSError as e:
-            raise FervidError(f"output folder {self.root} is not writable ({e.strerror}); choose another --out") from None
+            raise FervidError(f"output folder {self.root.uri} is not writable ({e.strerror}); "
+                              "choose another --out") from None
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """One writer at a time: a second run on the same results refuses instead of interleaving."""
+        return self._object_lock() if self.root.remote else self._file_lock()
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """One writer at a time: a second run on the same folder refuses instead of interleaving."""
-        with open(self.root / ".lock", "a+") as handle:
+    def _file_lock(self) -> Iterator[None]:
+        with open(Path(self.root.path, ".lock"), "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                raise FervidError(f"{self.root} is in use by another fervid run ({holder}); "
+                raise FervidError(f"{self.root.uri} is in use by another fervid run ({holder}); "
                                   "wait for it to finish or choose another --out") from None
             handle.truncate(0)
             handle.write(f"pid {os.getpid()}")
@@ -139,6 +154,25 @@ class ResultsStore:
             finally:
                 handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _object_lock(self) -> Iterator[None]:
+        """An object store has no lock: a .lock object names the run holding the results and is honoured until
+        it is OBJECT_LOCK_EXPIRES_S old (a run that died leaves it behind). Checking and writing it are two
+        requests, so two runs starting at the same moment can both go ahead: it is not atomic."""
+        path = self.root.child(".lock")
+        info = storage.stat(path)
+        if info.type == FileType.File and time.time() - info.mtime_ns / 1e9 < OBJECT_LOCK_EXPIRES_S:
+            holder = storage.read_bytes(path).decode(errors="replace").strip() or "another run"
+            raise FervidError(f"{self.root.uri} is in use by another fervid run ({holder}); wait for it to finish "
+                              f"or choose another --out (a lock left by a run that died expires "
+                              f"{OBJECT_LOCK_EXPIRES_S // 3600} h after it was taken; delete {path.uri} to go on)")
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        storage.write_bytes(path, f"{socket.gethostname()} pid {os.getpid()} since {started}".encode())
+        try:
+            yield
+        finally:
+            storage.delete(path)
 
     def latest_records(self) -> pa.Table:
         return latest_records(self.root)
@@ -151,29 +185,24 @@ class ResultsStore:
 
     def write_video(self, video_id: str, run_id: str, faces: pa.Table, frames: pa.Table) -> None:
         for name, table in (("faces", faces), ("frames", frames)):
-            _write_atomic(table, self.root / name / f"video_id={video_id}" / f"{run_id}.parquet")
+            storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), _parquet(table))
 
     def write_records(self, run_id: str, records: list[dict]) -> None:
         """This run's video records so far: the whole file is replaced, never appended to."""
-        _write_atomic(pa.Table.from_pylist(records, schema=VIDEOS_SCHEMA), self.root / "videos" / f"{run_id}.parquet")
+        table = pa.Table.from_pylist(records, schema=VIDEOS_SCHEMA)
+        storage.write_bytes(self.root.child("videos", f"{run_id}.parquet"), _parquet(table))
 
     def drop_superseded(self, video_id: str, run_id: str) -> None:
         for name in ("faces", "frames"):
-            for old in (self.root / name / f"video_id={video_id}").glob("*.parquet"):
-                if old.stem != run_id:
-                    old.unlink(missing_ok=True)
+            for old, _ in storage.list_files(self.root.child(name, f"video_id={video_id}")):
+                if old.name.endswith(".parquet") and old.name != f"{run_id}.parquet":
+                    storage.delete(old)
 
     def write_run(self, run_id: str, record: dict) -> None:
-        path = self.root / "runs" / f"{run_id}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, path)
+        storage.write_bytes(self.root.child("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _parquet(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()

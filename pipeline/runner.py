@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import secrets
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import graph
+from pipeline import graph, storage
 from pipeline.config import Config
 from pipeline.decode import VideoInfo
 from pipeline.errors import FervidError, first_line
@@ -69,7 +68,7 @@ class Runner:
 
     def __init__(self, videos_dir: str | Path, out: str | Path, config: Config, address: str | None = None,
                  force: bool = False, show_progress: bool = True) -> None:
-        self.videos_dir, self.config, self.address, self.force = Path(videos_dir), config, address, force
+        self.videos_dir, self.config, self.address, self.force = videos_dir, config, address, force
         self.store = ResultsStore(out)
         self.show_progress = show_progress
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -107,12 +106,10 @@ class Runner:
         todo: dict[str, VideoFile] = {}
         for file in files:
             try:
-                if not file.path.is_file():  # reading a pipe would block the run; a dangling link has nothing
-                    raise OSError(0, "not a regular file (a dangling link, a pipe or a device)")
                 video_id = file_digest(file.path)
-            except OSError as e:
-                path_id = hashlib.blake2b(str(file.path.absolute()).encode(), digest_size=8).hexdigest()
-                self._record(path_id, file, "failed", f"cannot read the file: {e.strerror}")
+            except (OSError, FervidError) as e:
+                path_id = hashlib.blake2b(str(file.path).encode(), digest_size=8).hexdigest()
+                self._record(path_id, file, "failed", f"cannot read the file: {_io_reason(e)}")
                 continue
             if video_id in todo:
                 self._record(video_id, file, "skipped", f"same content as {todo[video_id].path}")
@@ -127,7 +124,7 @@ class Runner:
         by_path = {str(f.path): (vid, f) for vid, f in todo.items()}
         pending: dict[str, _Pending] = {}
         segments: list[dict] = []
-        for path, result in graph.probe_videos(list(by_path)):
+        for path, result in graph.probe_videos({path: vid for path, (vid, _) in by_path.items()}):
             video_id, file = by_path[path]
             if isinstance(result, Exception):
                 self._record(video_id, file, "failed", _describe(result))
@@ -192,8 +189,8 @@ class Runner:
         faces = faces_table(rows, labels, self.run_id, self.config.tracking)
         try:
             self.store.write_video(video_id, self.run_id, faces, frames)
-        except OSError as e:
-            self._record(video_id, p.file, "failed", f"cannot write results: {e.strerror}", p.info,
+        except (OSError, FervidError) as e:
+            self._record(video_id, p.file, "failed", f"cannot write results: {_io_reason(e)}", p.info,
                          started_at=p.started_at)
             return
         self._record(video_id, p.file, "ok", note, p.info, sampled=len(frames), faces=len(faces),
@@ -209,7 +206,7 @@ class Runner:
     def _record(self, video_id: str, file: VideoFile, status: str, error: str | None, info: VideoInfo | None = None,
                 sampled: int = 0, faces: int = 0, started_at: datetime | None = None) -> None:
         now = _now()
-        record = {**self.base, "video_id": video_id, "path": os.path.abspath(file.path), "size_bytes": file.size_bytes,
+        record = {**self.base, "video_id": video_id, "path": str(file.path), "size_bytes": file.size_bytes,
                   "status": status, "error": error, "sampled_frames": sampled, "faces": faces,
                   "started_at": started_at or now, "finished_at": now}
         if info is not None:
@@ -222,7 +219,7 @@ class Runner:
 
     def _run_record(self, started_at: datetime) -> dict:
         return {
-            "run_id": self.run_id, "videos_dir": str(self.videos_dir.resolve()), "force": self.force,
+            "run_id": self.run_id, "videos_dir": storage.locate(self.videos_dir).uri, "force": self.force,
             "started_at": started_at, "finished_at": _now(), "wall_s": round(self.summary.wall_s, 3),
             "config": self.config.to_dict(), "config_fingerprint": self.fingerprint,
             "labels": list(self.spec.labels), "counts": self.summary.counts,
@@ -239,6 +236,11 @@ def _unique_faces(rows: pa.Table) -> pa.Table:
     keys = pc.add(pc.multiply(rows["frame_index"].cast(pa.int64()), 1 << 16), rows["face_index"].cast(pa.int64()))
     _, first = np.unique(keys.to_numpy(), return_index=True)
     return rows.take(pa.array(sorted(first))) if len(first) != len(rows) else rows
+
+
+def _io_reason(e: Exception) -> str:
+    """A local OSError in its own words ("Permission denied"); a remote one's line already names the URI."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
 
 
 def _describe(e: BaseException) -> str:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from pipeline.crop import square_crops
 from pipeline.decode import read_frames
 from pipeline.imagefolder import load_image
+from pipeline.storage import local_file
 
 FACE, SEGMENT = "face", "segment"
 
@@ -71,7 +72,8 @@ class DecodeDetectCrop:
         decoded: list[int] = []
         counts: list[int] = []
         small: list[int] = []
-        frames = read_frames(segment["path"], segment["decoder"], segment["frame_index"], segment["rotation"],
+        path = local_file(segment["path"], video_id)  # a remote video: this node's cached copy
+        frames = read_frames(path, segment["decoder"], segment["frame_index"], segment["rotation"],
                              segment["decode_size"])
         scale = segment["source_scale"]  # boxes are kept in source pixels
         for index, frame in frames:

@@ -2,8 +2,9 @@
 
 The job runs `python -m jobs.analyze` on the cluster with this copy of fervid's code (py_modules) and
 the run configuration as validated and resolved here (model paths made absolute), so the cluster runs
-exactly what was checked at submission. Videos, results and local model paths must be paths that
-every node of the cluster sees; fervid and its dependencies must be installed on every node.
+exactly what was checked at submission. Videos and results must be paths that every node of the
+cluster sees or URIs (s3://, gs://) every node can reach, local model paths paths every node sees;
+fervid and its dependencies must be installed on every node.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import yaml
 
+from pipeline import storage
 from pipeline.config import Config
 from pipeline.errors import FervidError
 from pipeline.graph import CODE_EXCLUDES, project_code
@@ -60,11 +62,9 @@ def submit(client: JobSubmissionClient, videos: str, out: str, config: Config, f
 
 
 def cluster_paths(*paths: str) -> list[str]:
-    """The paths made absolute, as the cluster's nodes must see them (they do not share our working directory)."""
-    for path in paths:
-        if "://" in path:
-            raise FervidError(f"{path}: URIs are not supported; give a path that every node of the cluster sees")
-    return [os.path.abspath(path) for path in paths]
+    """Local paths made absolute, as the cluster's nodes must see them (they do not share our working
+    directory); URIs (s3://, gs://) as they are."""
+    return [path if storage.is_uri(path) else os.path.abspath(path) for path in paths]
 
 
 def follow(client: JobSubmissionClient, job_id: str, stream: TextIO = sys.stdout) -> JobDetails:
