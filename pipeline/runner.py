@@ -37,6 +37,7 @@ class RunSummary:
     faces: int = 0
     wall_s: float = 0.0
     first_result_s: float | None = None  # from the start of the run to the first scored rows
+    first_result_frames: int = 0  # sampled frames whose segments came with those first rows
     small_faces: int = 0  # found but under detector.min_face_px, so not classified
 
     def line(self) -> str:
@@ -151,7 +152,8 @@ class Runner:
             self._record(video_id, p.file, "failed", "some segments returned no results", p.info)
 
     def _take(self, batch: pa.Table, pending: dict[str, _Pending], progress: Progress) -> None:
-        if self.summary.first_result_s is None:
+        first = self.summary.first_result_s is None
+        if first:
             self.summary.first_result_s = time.monotonic() - self.started
         faces = batch.filter(pc.equal(batch["kind"], FACE))
         for video_id in pc.unique(faces["video_id"]).to_pylist():
@@ -164,6 +166,8 @@ class Runner:
             if segment["segment_index"] not in p.segments:
                 p.segments[segment["segment_index"]] = segment
                 progress.update(frames=len(segment["frames_index"] or []), faces=segment["face_rows"])
+                if first:
+                    self.summary.first_result_frames += len(segment["frames_index"] or [])
             touched.add(segment["video_id"])
         for video_id in touched:
             if video_id in pending and pending[video_id].complete():
