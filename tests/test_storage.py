@@ -98,7 +98,17 @@ def test_a_second_run_over_the_same_uri_skips_every_video(s3_run, endpoint, test
     assert again.counts == {"ok": 0, "failed": 1, "skipped": 5}  # the broken object is tried again
 
 
-def test_query_and_report_read_results_at_a_uri(s3_run, analysed, endpoint, capsys, tmp_path):
+def test_a_remote_video_into_a_local_folder_and_a_local_video_against_results_in_the_bucket(
+        s3_run, analysed, endpoint, shared, test_config, tmp_path):
+    local = Runner(uri(endpoint, "videos/single_face.mp4"), tmp_path / "r", test_config, show_progress=False).run()
+    assert local.counts == {"ok": 1, "failed": 0, "skipped": 0}
+    assert_same_rows(tmp_path / "r", analysed, videos=1)
+    remote = Runner(shared / "videos" / "single_face.mp4", uri(endpoint, "results"), test_config,
+                    show_progress=False).run()  # the same content as the bucket's copy, already analysed there
+    assert remote.counts == {"ok": 0, "failed": 0, "skipped": 1}
+
+
+def test_query_report_and_annotate_read_results_at_a_uri(s3_run, analysed, endpoint, capsys, tmp_path):
     sql = "SELECT * EXCLUDE (path) FROM video_summary ORDER BY video_id"
     answers = []
     for results in (uri(endpoint, "results"), str(analysed)):
@@ -115,6 +125,8 @@ def test_query_and_report_read_results_at_a_uri(s3_run, analysed, endpoint, caps
     assert main(["report", uri(endpoint, "results"), "--video", single, "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / f"{single}.html").is_file()
     assert list((tmp_path / "report" / "thumbs").glob(f"{single}-*.jpg"))  # cut from the video in the bucket
+    assert main(["annotate", uri(endpoint, "results"), "--video", single, "--out", str(tmp_path / "a.mp4")]) == 0
+    assert (tmp_path / "a.mp4").stat().st_size > 0
 
 
 def test_content_ids_are_the_same_local_and_remote(shared, s3, videos, endpoint):
