@@ -103,7 +103,8 @@ def frames_table(segments: list[dict], run_id: str) -> pa.Table:
 
 def latest_records(root: str | Path | storage.Location) -> pa.Table:
     """Per video, its latest record that was not a skip; reads only, so a report can use it on a read-only folder."""
-    files = [loc for loc, _ in storage.list_files(storage.locate(root).child("videos")) if loc.path.endswith(".parquet")]
+    listed = storage.list_files(storage.locate(root).child("videos"))
+    files = [loc for loc, _ in listed if loc.name.endswith(".parquet")]
     if not files:
         return VIDEOS_SCHEMA.empty_table()
     table = pa.concat_tables([storage.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
@@ -199,7 +200,8 @@ class ResultsStore:
                     storage.delete(old)
 
     def write_run(self, run_id: str, record: dict) -> None:
-        storage.write_bytes(self.root.child("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
+        text = json.dumps(record, indent=2, default=str)
+        storage.write_bytes(self.root.child("runs", f"{run_id}.json"), text.encode())
 
 
 def _parquet(table: pa.Table) -> pa.Buffer:

@@ -5,7 +5,7 @@ parsed by pyarrow's FileSystem.from_uri, so its options ride in the query
 (s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http) and credentials come from the usual
 environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE; for gs://, Google's
 default credentials). A local file is written to a temporary name, synced and renamed; on an object
-store one PUT is already all-or-nothing. Decoders need a local file, so a remote video is fetched once
+store one upload is already all-or-nothing. Decoders need a local file, so a remote video is fetched once
 per node into a bounded cache (local_file).
 """
 
@@ -194,7 +194,7 @@ def read_schema(target: str | Path | Location) -> pa.Schema:
 
 def write_bytes(target: str | Path | Location, data: bytes | pa.Buffer) -> None:
     """Write a whole file so that no reader ever sees part of it: locally to a temporary name, synced, then
-    renamed; on an object store as one PUT, which makes the object appear whole or not at all."""
+    renamed; on an object store as one upload: the object appears, whole, when the upload completes."""
     loc = locate(target)
     if loc.remote:
         with _remote_errors(loc.uri), loc.fs.open_output_stream(loc.path) as out:
@@ -236,7 +236,7 @@ def local_file(target: str, key: str, cache_dir: Path | None = None, max_bytes: 
     copy = folder / (key + PurePosixPath(loc.path).suffix.lower())
     with _flock(folder / f"{copy.name}.lock"):
         if not copy.is_file():
-            tmp = folder / f".{copy.name}.{os.getpid()}.part"
+            tmp = folder / f".{copy.name}.part"  # one fetcher at a time: a part a killed one left is overwritten
             try:
                 _download(loc, tmp)
                 os.replace(tmp, copy)
@@ -256,7 +256,8 @@ def cache_limit() -> int:
     except ValueError:
         gib = -1.0
     if gib < 0:
-        raise FervidError(f"{CACHE_GB_ENV} must be a number of GiB (the node-local cache of remote videos), got {text!r}")
+        raise FervidError(f"{CACHE_GB_ENV} must be a number of GiB (the node-local cache of remote videos), "
+                          f"got {text!r}")
     return int(gib * 2**30)
 
 
