@@ -124,7 +124,7 @@ class ResultsStore:
         try:
             if self.root.remote:  # an unknown bucket, bad credentials, no endpoint: one line naming RESULTS
                 storage.stat(self.root)
-            else:  # an object store has no folders to make
+            else:  # folders exist on disks only
                 for sub in ("faces", "frames", "videos", "runs"):
                     Path(self.root.path, sub).mkdir(parents=True, exist_ok=True)
             storage.write_bytes(probe, b"")
@@ -158,8 +158,8 @@ class ResultsStore:
 
     @contextmanager
     def _object_lock(self) -> Iterator[None]:
-        """An object store has no lock: a .lock object names the run holding the results and is honoured until
-        it is OBJECT_LOCK_EXPIRES_S old (a run that died leaves it behind). Checking and writing it are two
+        """An object store has no lock: a .lock object names its holder (host, pid, since when) and is honoured
+        until it is OBJECT_LOCK_EXPIRES_S old (a run that died leaves it behind). Checking and writing it are two
         requests, so two runs starting at the same moment can both go ahead: it is not atomic."""
         path = self.root.child(".lock")
         info = storage.stat(path)
