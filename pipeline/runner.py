@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import platform
 import secrets
 import time
@@ -22,10 +23,11 @@ from pipeline.decode import VideoInfo
 from pipeline.errors import FervidError, first_line
 from pipeline.models import file_digest, resolve_classifier, resolve_detector
 from pipeline.plan import VideoFile, discover, plan_segments
-from pipeline.progress import Progress
+from pipeline.progress import Progress, StatusLine, Steps
 from pipeline.results import ResultsStore, faces_table, frames_table
 from pipeline.stages import FACE, SEGMENT, scored_schema
 
+ID_READERS = 8  # content ids read at once: ranged reads of remote videos wait on the network, not the CPU
 PACKAGES = ("ray", "torch", "transformers", "insightface", "onnxruntime", "decord", "av", "pyarrow", "numpy")
 
 
@@ -71,7 +73,7 @@ class Runner:
                  force: bool = False, show_progress: bool = True) -> None:
         self.videos_dir, self.config, self.address, self.force = videos_dir, config, address, force
         self.store = ResultsStore(out)
-        self.show_progress = show_progress
+        self.line = StatusLine(enabled=show_progress)
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         self.records: list[dict] = []
         self.summary = RunSummary(self.run_id)
@@ -105,12 +107,13 @@ class Runner:
         """Content ids; duplicates and videos already done with this config are skipped."""
         done = set() if self.force else self.store.done(self.fingerprint)
         todo: dict[str, VideoFile] = {}
-        for file in files:
-            try:
-                video_id = file_digest(file.path)
-            except (OSError, FervidError) as e:
+        with ThreadPoolExecutor(ID_READERS) as pool:  # map keeps the files' order
+            ids = list(Steps(self.line, "reading content ids", len(files)).track(pool.map(_content_id, files)))
+        self.line.close()
+        for file, video_id in zip(files, ids):
+            if isinstance(video_id, Exception):
                 path_id = hashlib.blake2b(str(file.path).encode(), digest_size=8).hexdigest()
-                self._record(path_id, file, "failed", f"cannot read the file: {_io_reason(e)}")
+                self._record(path_id, file, "failed", f"cannot read the file: {_io_reason(video_id)}")
                 continue
             if video_id in todo:
                 self._record(video_id, file, "skipped", f"same content as {todo[video_id].path}")
@@ -125,7 +128,8 @@ class Runner:
         by_path = {str(f.path): (vid, f) for vid, f in todo.items()}
         pending: dict[str, _Pending] = {}
         segments: list[dict] = []
-        for path, result in graph.probe_videos({path: vid for path, (vid, _) in by_path.items()}):
+        probes = graph.probe_videos({path: vid for path, (vid, _) in by_path.items()})
+        for path, result in Steps(self.line, "probing videos", len(by_path)).track(probes):
             video_id, file = by_path[path]
             if isinstance(result, Exception):
                 self._record(video_id, file, "failed", _describe(result))
@@ -134,9 +138,9 @@ class Runner:
             pending[video_id] = _Pending(file, result, len(planned), _now())
             segments += planned
         segments.sort(key=lambda s: (s["path"], s["segment_index"]))
+        self.line.close()
         self.store.write_records(self.run_id, self.records)
-        progress = Progress(len(pending), sum(len(s["frame_index"]) for s in segments))
-        progress.live = progress.live and self.show_progress
+        progress = Progress(self.line, len(pending), sum(len(s["frame_index"]) for s in segments))
         try:
             if segments:
                 for batch in graph.stream_scores(segments, self.config, str(self.detector_path), self.spec):
@@ -146,7 +150,7 @@ class Runner:
                 self._record(video_id, p.file, "failed", f"run aborted: {_describe(e)}", p.info)
             raise FervidError(f"the analysis stopped: {_describe(e)}") from e
         finally:
-            progress.close()
+            self.line.close()
             self.store.write_records(self.run_id, self.records)
         for video_id, p in pending.items():  # only reachable if rows went missing
             self._record(video_id, p.file, "failed", "some segments returned no results", p.info)
@@ -240,6 +244,14 @@ def _unique_faces(rows: pa.Table) -> pa.Table:
     keys = pc.add(pc.multiply(rows["frame_index"].cast(pa.int64()), 1 << 16), rows["face_index"].cast(pa.int64()))
     _, first = np.unique(keys.to_numpy(), return_index=True)
     return rows.take(pa.array(sorted(first))) if len(first) != len(rows) else rows
+
+
+def _content_id(file: VideoFile) -> str | Exception:
+    """The video's content id, or why it cannot be read (reported per video, never raised)."""
+    try:
+        return file_digest(file.path)
+    except (OSError, FervidError) as e:
+        return e
 
 
 def _io_reason(e: Exception) -> str:

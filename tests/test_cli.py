@@ -80,7 +80,11 @@ def test_fervid_run_writes_the_three_tables(one_video, tmp_path):
     result = fervid("run", one_video, "--out", out, "--config", TEST_CONFIG)
     assert result.returncode == 0, result.stderr
     assert "1 ok, 0 failed, 0 skipped; 12 frames, 12 faces" in result.stdout
-    assert "videos 1/1" in result.stderr  # progress lines when not on a terminal
+    for step in ("reading content ids 1/1", "probing videos 1/1", "videos 1/1"):
+        assert step in result.stderr  # progress lines when not on a terminal
     for table in ("faces", "frames"):
         assert len(list((out / table).glob("video_id=*/*.parquet"))) == 1
     assert len(list((out / "videos").glob("*.parquet"))) == 1 and len(list((out / "runs").glob("*.json"))) == 1
+    quiet = fervid("run", one_video, "--out", out, "--config", TEST_CONFIG, "--quiet")
+    assert quiet.returncode == 0 and "0 ok, 0 failed, 1 skipped" in quiet.stdout
+    assert "content ids" not in quiet.stderr  # --quiet: no progress at all
