@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if client.over_client(args.address):
-        summary = client.run_in_cluster(args.videos, args.out, config, args.address, force=args.force)
+        summary = client.run_in_cluster(args.videos, args.out, config, args.address, force=args.force,
+                                        show_progress=not args.quiet)
     else:
         summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
                          show_progress=not args.quiet).run()

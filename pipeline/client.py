@@ -23,7 +23,8 @@ def over_client(address: str | None) -> bool:
     return (graph.cluster_address(address) or "").startswith("ray://")
 
 
-def run_in_cluster(videos: str, out: str, config: Config, address: str | None, force: bool = False) -> RunSummary:
+def run_in_cluster(videos: str, out: str, config: Config, address: str | None, force: bool = False,
+                   show_progress: bool = True) -> RunSummary:
     """Runner(videos, out, config).run() as a Ray task in the cluster at the ray:// address; Ctrl-C cancels it.
 
     A FervidError in the task is raised here as itself, so the CLI prints its one line as for a local run.
@@ -33,7 +34,7 @@ def run_in_cluster(videos: str, out: str, config: Config, address: str | None, f
     videos, out = cluster_paths(videos, out)
     graph.connect(address)
     # max_retries=0: a run whose process dies fails here, as a local one would; running it again resumes it
-    run = ray.remote(num_cpus=0, max_retries=0, name="fervid run")(_run).remote(videos, out, config, force)
+    run = ray.remote(num_cpus=0, max_retries=0, name="fervid run")(_run).remote(videos, out, config, force, show_progress)
     try:
         return ray.get(run)
     except KeyboardInterrupt:
@@ -49,6 +50,6 @@ def run_in_cluster(videos: str, out: str, config: Config, address: str | None, f
         raise
 
 
-def _run(videos: str, out: str, config: Config, force: bool) -> RunSummary:
+def _run(videos: str, out: str, config: Config, force: bool, show_progress: bool) -> RunSummary:
     """The task: a plain local-style run, since in a process of the cluster Ray Data works as on a node."""
-    return Runner(videos, out, config, force=force).run()
+    return Runner(videos, out, config, force=force, show_progress=show_progress).run()
