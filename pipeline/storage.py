@@ -4,9 +4,9 @@ The one module that reaches files by location; everything else passes it a path 
 parsed by pyarrow's FileSystem.from_uri, so its options ride in the query
 (s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http) and credentials come from the usual
 environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE; for gs://, Google's
-default credentials). A local file is written to a temporary name, synced and renamed; on an object
-store one upload is already all-or-nothing. Decoders need a local file, so a remote video is fetched once
-per node into a bounded cache (local_file).
+default credentials, or none for gs://anonymous@bucket). A local file is written to a temporary name,
+synced and renamed; on an object store one upload is already all-or-nothing. Decoders need a local
+file, so a remote video is fetched once per node into a bounded cache (local_file).
 """
 
 from __future__ import annotations
@@ -36,14 +36,22 @@ CACHE_DIR_ENV, CACHE_GB_ENV = "FERVID_CACHE_DIR", "FERVID_CACHE_GB"  # per node:
 DEFAULT_CACHE_GB = 20.0
 COPY_CHUNK = 8 << 20
 
-_CREDENTIALS = ("access denied: check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                "AWS_PROFILE) and that they may use this bucket")
-# pyarrow's S3 errors carry the AWS error name; these say what to do about it
-_S3_REASONS = (
+# Where each store's clients look for credentials (Google's default credentials for gs://)
+_GOOGLE = ("GOOGLE_APPLICATION_CREDENTIALS, or the machine's service account; "
+           "gs://anonymous@BUCKET/... for a public bucket")
+_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                "gs": _GOOGLE, "gcs": _GOOGLE}
+_DENIED = "access denied: check the credentials ({}) and that they may use this bucket"
+_UNREACHABLE = "cannot reach the storage endpoint (check endpoint_override, scheme and the network)"
+# pyarrow's errors carry the store's own: AWS error names; google-cloud-cpp's status codes and curl's errors.
+# The first match wins: a Google token that cannot be fetched carries a curl error too.
+_REASONS = (
     ("NO_SUCH_BUCKET", "no such bucket"),
-    ("NETWORK_CONNECTION", "cannot reach the storage endpoint (check endpoint_override, scheme and the network)"),
-    ("ACCESS_DENIED", _CREDENTIALS), ("INVALID_ACCESS_KEY_ID", _CREDENTIALS),
-    ("SIGNATURE_DOES_NOT_MATCH", _CREDENTIALS),
+    ("NETWORK_CONNECTION", _UNREACHABLE),
+    ("ACCESS_DENIED", _DENIED), ("INVALID_ACCESS_KEY_ID", _DENIED), ("SIGNATURE_DOES_NOT_MATCH", _DENIED),
+    ("Could not create a OAuth2 access token", "no usable credentials ({})"),
+    ("PERMISSION_DENIED", _DENIED), ("UNAUTHENTICATED", _DENIED),
+    ("CURL error", _UNREACHABLE),
 )
 
 
@@ -55,6 +63,7 @@ class Location:
     path: str
     scheme: str = ""  # "" for a local path
     query: str = ""  # the URI's options, kept so that the URIs of what lies below open the same way
+    user: str = ""  # "anonymous" for gs://anonymous@bucket (pyarrow's anonymous access), kept likewise
 
     @property
     def remote(self) -> bool:
@@ -65,7 +74,8 @@ class Location:
         """How to name it to the user and to fervid again: the local path, or the URI with its options."""
         if not self.remote:
             return self.path
-        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
+        user = f"{self.user}@" if self.user else ""
+        return f"{self.scheme}://{user}{self.path}" + (f"?{self.query}" if self.query else "")
 
     @property
     def name(self) -> str:
@@ -90,12 +100,14 @@ def locate(target: str | Path | Location) -> Location:
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise FervidError(f"{text}: unsupported URI scheme '{scheme}://' (fervid takes local paths, s3:// and gs://)")
-    if parts.username or parts.password:
+    anonymous = scheme != "s3" and parts.username == "anonymous" and not parts.password
+    if (parts.username or parts.password) and not anonymous:
         raise FervidError(f"{text}: credentials do not belong in the URI (fervid records URIs in the results); "
-                          "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead")
+                          f"use instead: {_CREDENTIALS[scheme]}")
     with _remote_errors(text):
         fs = _filesystem(scheme, parts.netloc, parts.query)
-    return Location(fs, (parts.netloc + parts.path).rstrip("/"), scheme, parts.query)
+    bucket = parts.netloc.rpartition("@")[2]
+    return Location(fs, (bucket + parts.path).rstrip("/"), scheme, parts.query, parts.username or "")
 
 
 def file_name(target: str | Path) -> str:
@@ -298,9 +310,10 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=16)
-def _filesystem(scheme: str, bucket: str, query: str) -> pafs.FileSystem:
-    """One filesystem per bucket and options (making one may ask the store for the bucket's region)."""
-    return pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))[0]
+def _filesystem(scheme: str, netloc: str, query: str) -> pafs.FileSystem:
+    """One filesystem per bucket (anonymous or not) and options (making one may ask the store for the bucket's
+    region)."""
+    return pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))[0]
 
 
 def _guard(loc: Location) -> contextlib.AbstractContextManager:
@@ -315,5 +328,6 @@ def _remote_errors(uri: str) -> Iterator[None]:
     except FervidError:
         raise
     except (OSError, pa.ArrowException) as e:
-        reason = next((text for marker, text in _S3_REASONS if marker in str(e)), None)
-        raise FervidError(f"{uri}: {reason or first_line(e)}") from None
+        reason = next((text for marker, text in _REASONS if marker in str(e)), None)
+        credentials = _CREDENTIALS[urlsplit(uri).scheme.lower()]
+        raise FervidError(f"{uri}: {reason.format(credentials) if reason else first_line(e)}") from None

@@ -1,16 +1,22 @@
-"""Videos and results at object-store URIs: pyarrow's real S3FileSystem over HTTP to moto's S3 server on
-loopback, with the real pipeline (Ray, decoders, models) on ../shared."""
+"""Videos and results at object-store URIs: pyarrow's real S3FileSystem and GcsFileSystem over HTTP to moto's S3
+server and gcp-storage-emulator on loopback, with the real pipeline (Ray, decoders, models) on ../shared."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -21,7 +27,7 @@ from pipeline.cli import main
 from pipeline.errors import FervidError
 from pipeline.models import file_digest
 from pipeline.results import ResultsStore
-from pipeline.runner import Runner
+from pipeline.runner import Runner, RunSummary
 from pipeline.submit import cluster_paths
 from tests.conftest import TEST_CONFIG
 from tests.test_run import assert_same_rows, records
@@ -77,27 +83,36 @@ def videos(shared, s3) -> str:
     return "videos"
 
 
-@pytest.fixture(scope="module")
-def s3_run(endpoint, s3, videos, test_config, tmp_path_factory):
-    """One run from the bucket into the bucket, and its results copied down for the local helpers."""
-    summary = Runner(uri(endpoint, videos), uri(endpoint, "results"), test_config, show_progress=False).run()
-    local = tmp_path_factory.mktemp("s3_results")
-    pafs.copy_files(f"{BUCKET}/results", str(local), source_filesystem=s3)
+def fetched_run(videos: str, results: str, config, local: Path) -> tuple[RunSummary, Path]:
+    """One run from videos into results (URIs), and everything it left there copied down for the local helpers."""
+    summary = Runner(videos, results, config, show_progress=False).run()
+    remote = storage.locate(results)
+    for loc, _ in storage.list_files(remote):  # not pyarrow's copy_files: GCS lists no folders, so it makes none
+        storage.write_bytes(local / loc.path[len(remote.path) + 1:], storage.read_bytes(loc))
+    assert not [p for p in local.rglob("*") if p.name.endswith((".tmp", ".lock", ".write-test"))]
     return summary, local
 
 
-def test_a_run_over_s3_writes_the_rows_and_ids_of_a_local_run(s3_run, analysed, s3, endpoint):
+def ok_ids(results: Path) -> dict[str, str]:
+    """video_id by file name, of the videos analysed ok."""
+    return {storage.file_name(r["path"]): r["video_id"] for r in records(results).to_pylist() if r["status"] == "ok"}
+
+
+@pytest.fixture(scope="module")
+def s3_run(endpoint, s3, videos, test_config, tmp_path_factory):
+    return fetched_run(uri(endpoint, videos), uri(endpoint, "results"), test_config,
+                       tmp_path_factory.mktemp("s3_results"))
+
+
+def test_a_run_over_s3_writes_the_rows_and_ids_of_a_local_run(s3_run, analysed, endpoint):
     summary, results = s3_run
     assert summary.counts == {"ok": 5, "failed": 1, "skipped": 0}
     assert_same_rows(results, analysed, videos=5)
-    ids = {storage.file_name(r["path"]): r["video_id"] for r in records(results).to_pylist() if r["status"] == "ok"}
-    assert ids == {Path(r["path"]).name: r["video_id"] for r in records(analysed).to_pylist()}
+    assert ok_ids(results) == ok_ids(analysed)
     broken = [r for r in records(results).to_pylist() if r["status"] == "failed"]
     assert [storage.file_name(r["path"]) for r in broken] == ["broken.mp4"]
     assert "not a readable video" in broken[0]["error"]
     assert all(r["path"].startswith(f"s3://{BUCKET}/videos/") for r in records(results).to_pylist())
-    left = [f.path for f in s3.get_file_info(pafs.FileSelector(f"{BUCKET}/results", recursive=True))]
-    assert not [p for p in left if p.endswith((".tmp", ".lock", ".write-test"))]
     run = json.loads(next((results / "runs").glob("*.json")).read_text())
     assert run["videos_dir"] == uri(endpoint, "videos")
 
@@ -185,23 +200,27 @@ def test_the_results_lock_on_an_object_store(s3, endpoint, monkeypatch):
     assert s3.get_file_info(f"{BUCKET}/locked/.lock").type == pafs.FileType.NotFound
 
 
+def free_endpoint() -> str:
+    """HOST:PORT of a loopback port nothing listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def cli_error(capsys, *args: str) -> str:
+    """The one line a fervid command that exits 1 prints."""
+    assert main([*args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fervid: error: "), lines
+    return lines[0]
+
+
 def test_uri_problems_are_one_line_naming_the_uri(s3, videos, endpoint, capsys, monkeypatch, tmp_path):
     from moto.core.authorization import enable_iam_authentication
 
-    def error(*args: str) -> str:
-        assert main([*args]) == 1
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("fervid: error: "), lines
-        return lines[0]
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{s.getsockname()[1]}"
-    missing, local = uri(endpoint, "results", bucket="no-such-bucket"), tmp_path / "results"
-    assert f"{missing}: no such bucket" in error("query", missing, "SELECT 1")
-    assert f"{missing}: no such bucket" in error("run", uri(endpoint, videos), "--out", missing,
-                                                 "--config", str(TEST_CONFIG))
-    unreachable = uri(closed, "videos")
+    error = functools.partial(cli_error, capsys)
+    local = tmp_path / "results"
+    unreachable = uri(free_endpoint(), "videos")
     assert f"{unreachable}: cannot reach the storage endpoint" in error("run", unreachable, "--out", str(local))
     assert "hdfs://host/videos: unsupported URI scheme" in error("query", "hdfs://host/videos", "SELECT 1")
     assert "credentials do not belong in the URI" in error("query", "s3://key:secret@bucket/results", "SELECT 1")
@@ -215,3 +234,107 @@ def test_uri_problems_are_one_line_naming_the_uri(s3, videos, endpoint, capsys, 
 def test_submit_passes_uris_through_and_makes_local_paths_absolute():
     assert cluster_paths("s3://bucket/videos?endpoint_override=h:9000", "results") == [
         "s3://bucket/videos?endpoint_override=h:9000", os.path.abspath("results")]
+
+
+@pytest.fixture(scope="module")
+def gcs_server(tmp_path_factory) -> tuple[str, Path]:
+    """gcp-storage-emulator on loopback and its request log. In its own process: in a thread of this one, pyarrow's
+    first ranged read never got an answer."""
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator, of the test extra, is not installed")
+    endpoint, log = free_endpoint(), tmp_path_factory.mktemp("gcs") / "requests.log"
+    host, port = endpoint.split(":")
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", host, "--port",
+                                   port, "--in-memory", "--default-bucket", BUCKET], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{endpoint}/", timeout=1).close()  # its health check
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the GCS emulator did not start: {log.read_text()}") from None
+                time.sleep(0.1)
+        yield endpoint, log
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def gcs(gcs_server) -> pafs.GcsFileSystem:
+    return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=gcs_server[0])
+
+
+def gs_uri(endpoint: str, key: str, bucket: str = BUCKET) -> str:
+    """The emulator needs no credentials; a short retry limit makes an error quick (google-cloud-cpp's own: 15 min)."""
+    return f"gs://anonymous@{bucket}/{key}?scheme=http&endpoint_override={endpoint}&retry_limit_seconds=1"
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket_uri(request) -> Callable[..., str]:
+    """(key, bucket=BUCKET) -> its URI on moto's S3 server or on the GCS emulator."""
+    if request.param == "s3":
+        request.getfixturevalue("s3")  # makes the bucket
+        return functools.partial(uri, request.getfixturevalue("endpoint"))
+    return functools.partial(gs_uri, request.getfixturevalue("gcs_server")[0])
+
+
+def test_list_read_write_and_delete_through_storage(bucket_uri, tmp_path):
+    root = storage.locate(bucket_uri("rw"))
+    storage.write_bytes(root.child("b.bin"), b"bb")
+    storage.write_bytes(root.child("a", "x.bin"), b"x" * 100)
+    listed = [(loc.uri, size) for loc, size in storage.list_files(root)]
+    assert listed == [(bucket_uri("rw/a/x.bin"), 100), (bucket_uri("rw/b.bin"), 2)]  # the URIs keep their options
+    assert storage.list_files(bucket_uri("rw/b.bin"))[0][1] == 2 and storage.list_files(bucket_uri("rw/no")) == []
+    assert storage.stat(root).type == pafs.FileType.Directory and storage.stat(bucket_uri("rw/b.bin")).size == 2
+    assert storage.read_bytes(bucket_uri("rw/a/x.bin")) == b"x" * 100
+    with storage.open_input(bucket_uri("rw/a/x.bin")) as f:
+        assert f.read_at(3, 50) == b"xxx"
+    assert Path(storage.local_file(bucket_uri("rw/b.bin"), "b", tmp_path)).read_bytes() == b"bb"
+    storage.delete(bucket_uri("rw/b.bin"))
+    storage.delete(bucket_uri("rw/b.bin"))  # gone already: fine
+    assert [loc.name for loc, _ in storage.list_files(root)] == ["x.bin"]
+    assert storage.stat(bucket_uri("rw/b.bin")).type == pafs.FileType.NotFound
+
+
+def test_a_missing_bucket_is_one_line(bucket_uri, capsys):
+    missing = bucket_uri("results", bucket="no-such-bucket")
+    assert f"{missing}: no such bucket" in cli_error(capsys, "query", missing, "SELECT 1")
+    assert f"{missing}: no such bucket" in cli_error(capsys, "run", bucket_uri("videos"), "--out", missing,
+                                                     "--config", str(TEST_CONFIG))
+
+
+def test_gs_problems_are_one_line_naming_the_uri(gcs_server, capsys, monkeypatch, tmp_path):
+    error = functools.partial(cli_error, capsys)
+    unreachable = gs_uri(free_endpoint(), "videos")
+    assert f"{unreachable}: cannot reach the storage endpoint" in error("run", unreachable, "--out", str(tmp_path))
+    assert "credentials do not belong in the URI" in error("query", "gs://key:secret@bucket/results", "SELECT 1")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    signed = gs_uri(gcs_server[0], "videos").replace("anonymous@", "")  # Google's default credentials, then
+    assert f"{signed}: no usable credentials (GOOGLE_APPLICATION_CREDENTIALS" in error("query", signed, "SELECT 1")
+    storage._filesystem.cache_clear()  # a filesystem holds the credentials it was made with
+
+
+def test_content_ids_over_gs_are_the_local_ones(shared, gcs, gcs_server):
+    endpoint, log = gcs_server
+    for video in sorted((shared / "videos").iterdir()):
+        put(gcs, f"ids/{video.name}", video.read_bytes())
+        seen = len(log.read_text().splitlines())
+        assert file_digest(gs_uri(endpoint, f"ids/{video.name}")) == file_digest(video)
+        reads = [line.split()[-2] for line in log.read_text().splitlines()[seen:] if "alt=media" in line]
+        # pyarrow's GcsFileSystem opens a read of the whole object with the file, then reads the ranges asked for
+        assert reads[0] == "200" and 0 < len(reads[1:]) <= 3 and set(reads[1:]) == {"206"}, reads
+
+
+def test_a_run_over_gs_writes_the_rows_and_ids_of_a_local_run(shared, gcs, gcs_server, analysed, test_config,
+                                                              tmp_path):
+    endpoint = gcs_server[0]
+    put(gcs, "run/videos/single_face.mp4", (shared / "videos" / "single_face.mp4").read_bytes())
+    summary, results = fetched_run(gs_uri(endpoint, "run/videos"), gs_uri(endpoint, "run/results"), test_config,
+                                   tmp_path)
+    assert summary.counts == {"ok": 1, "failed": 0, "skipped": 0}
+    assert_same_rows(results, analysed, videos=1)
+    assert ok_ids(results) == {"single_face.mp4": ok_ids(analysed)["single_face.mp4"]}
+    assert records(results)["path"].to_pylist() == [gs_uri(endpoint, "run/videos/single_face.mp4")]
