@@ -67,13 +67,13 @@ def any_size_model(model_path: str | Path) -> Path | None:
 
     from pipeline.models import file_digest
 
+    target = Path(tempfile.gettempdir()) / "fervid-models" / f"{file_digest(model_path)}-any-size.onnx"
+    if target.is_file():  # made by an earlier actor on this node: no need to read the graph again
+        return target
     model = onnx.load(str(model_path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4 or not (dims[2].dim_value and dims[3].dim_value):
         return Path(model_path)
-    target = Path(tempfile.gettempdir()) / "fervid-models" / f"{file_digest(model_path)}-any-size.onnx"
-    if target.is_file():
-        return target
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import decord
 import numpy as np
 import onnxruntime
@@ -29,7 +31,7 @@ def test_the_any_size_copy_computes_what_the_fixed_graph_does(shared):
     differently), and it runs at other sizes, which the original refuses."""
     fixed = str(shared / SCRFD)
     copy = any_size_model(fixed)
-    assert copy != fixed and any_size_model(fixed) == copy  # made once, then found by content
+    assert copy != Path(fixed) and any_size_model(fixed) == copy  # made once, then found by content
     blob = np.random.default_rng(0).standard_normal((1, 3, 640, 640), dtype=np.float32)
     original, rewritten = (onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                            for p in (fixed, copy))
