@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -34,6 +34,9 @@ from pipeline.errors import FervidError, first_line
 SCHEMES = ("s3", "gs", "gcs")  # object stores whose paths start with the bucket, so a URI names one object
 CACHE_DIR_ENV, CACHE_GB_ENV = "FERVID_CACHE_DIR", "FERVID_CACHE_GB"  # per node: its disk, not the run's results
 DEFAULT_CACHE_GB = 20.0
+# google-cloud-cpp retries a failing request for 15 minutes unless told otherwise: a batch tool should
+# say what is wrong sooner (a URI's own retry_limit_seconds wins)
+GCS_RETRY_LIMIT_S = 60
 COPY_CHUNK = 8 << 20
 
 # Where each store's clients look for credentials (Google's default credentials for gs://)
@@ -313,6 +316,8 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[None]:
 def _filesystem(scheme: str, netloc: str, query: str) -> pafs.FileSystem:
     """One filesystem per bucket (anonymous or not) and options (making one may ask the store for the bucket's
     region)."""
+    if scheme != "s3" and "retry_limit_seconds" not in parse_qs(query):
+        query = "&".join(filter(None, [query, f"retry_limit_seconds={GCS_RETRY_LIMIT_S}"]))
     return pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))[0]
 
 

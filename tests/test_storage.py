@@ -317,6 +317,16 @@ def test_gs_problems_are_one_line_naming_the_uri(gcs_server, capsys, monkeypatch
     storage._filesystem.cache_clear()  # a filesystem holds the credentials it was made with
 
 
+def test_gs_gives_up_on_an_unreachable_endpoint_without_a_retry_limit_in_the_uri(capsys, monkeypatch):
+    monkeypatch.setattr(storage, "GCS_RETRY_LIMIT_S", 1)  # fervid's default, shortened; google-cloud-cpp's: 15 min
+    storage._filesystem.cache_clear()
+    unreachable = f"gs://anonymous@{BUCKET}/results?scheme=http&endpoint_override={free_endpoint()}"
+    started = time.monotonic()
+    assert f"{unreachable}: cannot reach the storage endpoint" in cli_error(capsys, "query", unreachable, "SELECT 1")
+    assert time.monotonic() - started < 20
+    storage._filesystem.cache_clear()
+
+
 def test_content_ids_over_gs_are_the_local_ones(shared, gcs, gcs_server):
     endpoint, log = gcs_server
     for video in sorted((shared / "videos").iterdir()):
