@@ -34,6 +34,7 @@ from pipeline.models import resolve_classifier, resolve_detector
 from pipeline.plan import decode_size, discover
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_REPEAT = 8  # about 5 minutes of video: long enough that fervid's fixed start-up is not most of the run
 
 
 def make_workload(source: Path, repeat: int, folder: Path) -> list[Path]:
@@ -250,7 +251,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "bench.yaml"),
                         help="default: configs/bench.yaml (the ../shared models, CPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--repeat", type=int, default=1, help="copies of the videos in the workload")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help=f"copies of the videos in the workload (default {DEFAULT_REPEAT}; ../shared/videos once is 40 s)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
 
 
