@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 IN_SUBMITTED_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the environment of a submitted job's entrypoint
 CODE_EXCLUDES = ["__pycache__", "*.pyc"]
+QUIET_RAY_LOGGERS = (
+    "ray.data._internal.progress",  # "Progress bars disabled": fervid shows its own
+    "ray._private.authentication.authentication_token_setup",  # "Token authentication is enabled" (Ray's default)
+)
 EXTRACT_NODE, CLASSIFY_NODE = "extract_node", "classify_node"  # row columns: the Ray node each stage ran on
 
 
@@ -85,6 +89,8 @@ def connect(address: str | None) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for choice in QUIET_RAY_LOGGERS:  # their warnings only restate what fervid chose, on every run
+        logging.getLogger(choice).setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     address = cluster_address(address)

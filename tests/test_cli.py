@@ -82,6 +82,8 @@ def test_fervid_run_writes_the_three_tables(one_video, tmp_path):
     assert "1 ok, 0 failed, 0 skipped; 12 frames, 12 faces" in result.stdout
     for step in ("reading content ids 1/1", "probing videos 1/1", "videos 1/1"):
         assert step in result.stderr  # progress lines when not on a terminal
+    for ray_notice in ("Progress bars disabled", "Token authentication is enabled"):
+        assert ray_notice not in result.stderr  # Ray restating fervid's own choices
     for table in ("faces", "frames"):
         assert len(list((out / table).glob("video_id=*/*.parquet"))) == 1
     assert len(list((out / "videos").glob("*.parquet"))) == 1 and len(list((out / "runs").glob("*.json"))) == 1
