@@ -81,7 +81,8 @@ class Progress:
         # results arrive in bursts (a batch closes several segments at once): no rate from a moment
         rate = (self.frames_done - counted) / (now - since) if now - since >= RATE_AFTER_S else 0.0
         left = self.frames_total - self.frames_done
-        speed, eta = (f"{rate:.1f} frames/s", f"{left / rate:.0f}s") if rate > 0 else ("- frames/s", "?")
+        speed = f"{rate:.1f} frames/s" if rate > 0 else "- frames/s"
+        eta = "done" if left <= 0 else f"ETA {left / rate:.0f}s" if rate > 0 else "ETA ?"
         self.line.show(f"videos {self.videos_done}/{self.videos_total}  frames {self.frames_done}/{self.frames_total}  "
-                       f"faces {self.faces}  {speed}  ETA {eta}",
+                       f"faces {self.faces}  {speed}  {eta}",
                        final=bool(videos) and self.videos_done == self.videos_total)

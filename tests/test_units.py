@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import types
 
 import cv2
 import numpy as np
@@ -14,6 +16,7 @@ from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.errors import FervidError
 from pipeline.plan import decode_size, discover, plan_segments
+from pipeline.progress import Progress, StatusLine
 from tests.conftest import ROOT
 from tests.media import write_video
 
@@ -194,3 +197,20 @@ def test_scaled_decoding_keeps_boxes_in_source_pixels(shared, tmp_path):
         boxes[max_side] = np.array([[r[k] for k in ("x1", "y1", "x2", "y2")] for r in stage.segment_rows(segment)[:-1]])
     assert boxes[None].shape == boxes[640].shape == (12, 4)
     assert np.abs(boxes[640] - boxes[None]).max() < 6  # pixels of the 1280x720 source
+
+
+def test_progress_counts_its_rate_from_the_first_results_and_ends_done(monkeypatch):
+    # start-up, the first results, too soon after them for a rate, then two more (Progress and StatusLine both ask)
+    clock = iter([100.0] + [t for t in (110.0, 111.0, 114.0, 115.0) for _ in range(2)])
+    monkeypatch.setattr("pipeline.progress.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    log = io.StringIO()
+    progress = Progress(StatusLine(log, every_s=0), videos=2, frames=100)
+    progress.update(frames=20, faces=5)
+    progress.update(frames=10)
+    progress.update(videos=1, frames=30)
+    progress.update(videos=1, frames=40, faces=3)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "videos 0/2  frames 20/100  faces 5  - frames/s  ETA ?"
+    assert lines[1] == "videos 0/2  frames 30/100  faces 5  - frames/s  ETA ?"  # 1 s after the first results
+    assert lines[2] == "videos 1/2  frames 60/100  faces 5  10.0 frames/s  ETA 4s"  # 40 frames in the 4 s since them
+    assert lines[3] == "videos 2/2  frames 100/100  faces 8  16.0 frames/s  done"
