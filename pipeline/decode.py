@@ -65,10 +65,13 @@ def sample_indices(pts_s: np.ndarray, fps: float | None = None, every_n_frames: 
 
 
 def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int = 0,
-                size: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                size: Sequence[int] | None = None,
+                pts_s: Sequence[float] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, RGB frame upright) for the given sorted indices, a few frames in memory at a time.
 
     size: (width, height) as displayed to scale frames to while decoding; None keeps them as stored.
+    pts_s: the probe's presentation times of those frames, where the caller has them (a segment): PyAV
+    then finds them by time instead of demuxing the whole file to number its frames, once per segment.
     Frames that cannot be decoded (a damaged stretch of the file) are left out; the caller counts
     them. decord applies the rotation metadata itself (and takes the displayed size); PyAV frames
     are scaled in their stored orientation and turned here.
@@ -78,7 +81,7 @@ def read_frames(path: str, decoder: str, indices: Sequence[int], rotation: int =
         return
     turns = (-rotation // 90) % 4  # np.rot90 turns counter-clockwise
     stored = None if size is None else (tuple(size) if turns % 2 == 0 else tuple(size)[::-1])
-    for index, frame in _read_pyav(path, list(indices), stored):
+    for index, frame in _read_pyav(path, list(indices), stored, pts_s):
         yield index, np.ascontiguousarray(np.rot90(frame, turns)) if turns else frame
 
 
@@ -140,14 +143,18 @@ def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> I
         reader = open_reader()
 
 
-def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None) -> Iterator[tuple[int, np.ndarray]]:
+def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None,
+               pts_s: Sequence[float] | None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames matched by presentation timestamp; packets that fail to decode are skipped."""
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        all_pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
-        wanted = {all_pts[i]: i for i in indices}
+        if pts_s is None:
+            all_pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            wanted = {all_pts[i]: i for i in indices}
+        else:  # the probe's times are stream ticks * time_base (_pyav_timestamps): back to ticks exactly
+            wanted = {round(t / float(stream.time_base)): i for i, t in zip(indices, pts_s)}
         last = max(wanted)
         container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
         for packet in container.demux(stream):

@@ -74,7 +74,7 @@ class DecodeDetectCrop:
         small: list[int] = []
         path = local_file(segment["path"], video_id)  # a remote video: this node's cached copy
         frames = read_frames(path, segment["decoder"], segment["frame_index"], segment["rotation"],
-                             segment["decode_size"])
+                             segment["decode_size"], segment["pts_s"])
         scale = segment["source_scale"]  # boxes are kept in source pixels
         for index, frame in frames:
             found = self.detector.detect(frame)

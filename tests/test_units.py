@@ -126,6 +126,19 @@ def test_decoded_timestamps_and_frames_match_pyav(shared):
         assert np.array_equal(frame, reference[index])
 
 
+def test_pyav_finds_a_segments_frames_by_their_probed_times(shared, tmp_path):
+    source = (shared / "videos" / "WolfgangLanger_Pexels.mp4").read_bytes()
+    cut = tmp_path / "cut_off.mp4"
+    cut.write_bytes(source[: len(source) // 2])  # decord cannot open it; PyAV reads the first half
+    info = probe(str(cut))
+    assert info.decoder == "pyav"
+    picked = list(range(3, info.frame_count, 25))
+    numbered = list(read_frames(str(cut), "pyav", picked))  # every packet demuxed to number the frames
+    timed = list(read_frames(str(cut), "pyav", picked, pts_s=info.pts_s[picked].tolist()))
+    assert [i for i, _ in timed] == [i for i, _ in numbered] == picked
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(timed, numbered))
+
+
 def test_rotation_metadata_gives_upright_frames(shared, tmp_path):
     source = str(shared / "videos" / "single_face.mp4")
     frames = [f for _, f in read_frames(source, "decord", range(0, 20, 2))]
