@@ -112,6 +112,18 @@ def refuse_ray_client(what: str) -> None:
                           "run this on a node of the cluster with --address HEAD:6379")
 
 
+def cancelled(error: BaseException) -> bool:
+    """Whether error comes from this task being cancelled: Ray cancels its child tasks first, and Ray Data
+    raises their TaskCancelledError from wherever it was waiting on one."""
+    import ray
+
+    while error is not None:
+        if isinstance(error, ray.exceptions.TaskCancelledError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def probe_videos(videos: dict[str, str]) -> Iterator[tuple[str, VideoInfo | Exception]]:
     """Probe every video (path -> video_id) in its own Ray task, so a decoder crash costs one video, not the run."""
     import ray

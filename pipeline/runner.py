@@ -146,6 +146,8 @@ class Runner:
                 for batch in graph.stream_scores(segments, self.config, str(self.detector_path), self.spec):
                     self._take(batch, pending, progress)
         except Exception as e:
+            if graph.cancelled(e):  # the run itself was cancelled (Ctrl-C over ray://): stopped, not failed
+                raise KeyboardInterrupt from e
             for video_id, p in pending.items():
                 self._record(video_id, p.file, "failed", f"run aborted: {_describe(e)}", p.info)
             raise FervidError(f"the analysis stopped: {_describe(e)}") from e

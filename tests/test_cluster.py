@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import ray
 
+from pipeline import graph
 from pipeline.config import load_config
 from tests.conftest import ROOT, TEST_CONFIG
 from tests.test_run import assert_same_rows, records, table
@@ -166,6 +168,17 @@ def test_ctrl_c_over_ray_client_cancels_the_run_and_its_actors(cluster, shared, 
     assert "fervid: interrupted" in log.read_text()
     assert not [r for r in records(out).to_pylist() if r["status"] != "ok"]  # nothing recorded as failed
     _wait_for(lambda: _map_workers(cluster) == 0, 60)
+
+
+def test_a_cancelled_child_task_anywhere_in_the_chain_means_the_run_was_cancelled():
+    try:
+        try:
+            raise ray.exceptions.TaskCancelledError()
+        except Exception as e:  # Ray Data re-raising it from its executor
+            raise RuntimeError("the executor stopped") from e
+    except RuntimeError as e:
+        assert graph.cancelled(e)
+    assert not graph.cancelled(RuntimeError("a real failure"))
 
 
 def test_every_config_in_configs_loads():
