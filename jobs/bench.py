@@ -66,7 +66,7 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
         info = probe(str(path))
         indices = sample_indices(info.pts_s, config.sampling.fps, config.sampling.every_n_frames)
         size = decode_size(info.width, info.height, config.sampling.decode_max_side)
-        reader = read_frames(str(path), info.decoder, indices, info.rotation, size)
+        reader = read_frames(str(path), info.decoder, indices, info.rotation, size, info.pts_s[indices].tolist())
         while True:
             start = time.perf_counter()
             item = next(reader, None)
