@@ -59,7 +59,8 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
     spec = resolve_classifier(c.model, c.revision)
     detector = FaceDetector(str(resolve_detector(d.model)), d.det_size, d.threshold, d.min_face_px, d.max_faces,
                             d.threads, "cpu", d.aspect_fit)
-    classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, c.batch_size, c.threads or 1, c.quantize)
+    classifier = EmotionClassifier(spec.source, c.revision, "cpu", c.dtype, c.batch_size, c.threads or 1, c.quantize,
+                                   c.runtime)
     decode_s = detect_s = 0.0
     frames, crops = 0, []
     for path in paths:
@@ -94,7 +95,9 @@ def reference_loop(paths: list[Path], config: Config) -> dict:
     import insightface
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its bar for loading the weights would land in the middle of the table
     d, c = config.detector, config.classifier
     spec = resolve_classifier(c.model, c.revision)
     start = time.perf_counter()

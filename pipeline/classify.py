@@ -2,30 +2,49 @@
 
 Crops arrive as uint8 RGB at the model's input size; scaling and normalisation run on the
 device, so only bytes cross from host to GPU. Safetensors only, never remote code.
+
+Two runtimes: torch (GPUs, bf16, int8) and, for fp32 on the CPU, ONNX Runtime with the model
+exported once per machine as one graph from uint8 crops to probabilities. An actor that scores
+through ONNX Runtime never imports torch or transformers: on a 2-core box that import is most of
+an actor's start-up, and ONNX Runtime also runs the small ViT faster than torch does.
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.errors import FervidError
-from pipeline.models import resolve_classifier
+from pipeline.errors import FervidError, first_line
+from pipeline.models import ClassifierSpec, derived_model_file, onnx_session_options, resolve_classifier
 
 if TYPE_CHECKING:
     import torch
     from transformers.image_processing_utils import BaseImageProcessor
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+ONNX_EXPORT_VERSION = 1  # part of the exported file's name: bump it when the exported graph changes
 
 
 def pick_device(device: str) -> str:
-    import torch
-
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def pick_runtime(runtime: str, device: str, dtype: str, quantize: str | None) -> str:
+    """auto: ONNX Runtime where it computes what torch would (fp32 on the CPU), torch for the rest."""
+    cpu_fp32 = device == "cpu" and dtype in ("auto", "float32") and not quantize
+    if runtime == "auto":
+        return "onnxruntime" if cpu_fp32 else "torch"
+    if runtime == "onnxruntime" and not cpu_fp32:
+        raise FervidError("classifier.runtime onnxruntime runs fp32 on the CPU only (no cuda, bf16 or int8): "
+                          "set classifier.runtime: auto or torch")
+    return runtime
 
 
 def pixel_normalisation(processor: BaseImageProcessor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,47 +82,114 @@ def quantize_feed_forward(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8)
 
 
+class TorchScorer:
+    """The model in torch, loaded once; `__call__` maps uint8 crops to probabilities on the device."""
+
+    def __init__(self, spec: ClassifierSpec, revision: str | None, device: str, dtype: str) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.device = device
+        name = ("bfloat16" if device == "cuda" else "float32") if dtype == "auto" else _DTYPES[dtype]
+        self.dtype = getattr(torch, name)
+        self.model = AutoModelForImageClassification.from_pretrained(
+            spec.source, revision=revision, use_safetensors=True, trust_remote_code=False,
+            local_files_only=True, attn_implementation="sdpa", dtype=self.dtype,
+        ).to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(spec.source, revision=revision, local_files_only=True)
+        self.scale, self.shift = pixel_normalisation(processor, device)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            pixels = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
+            return self.probabilities(pixels).cpu().numpy()
+
+    def probabilities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 RGB -> (N, labels) float32 probabilities: the one place of the input
+        transformation, run as it is on the torch runtime and traced into the ONNX graph."""
+        import torch
+
+        x = (pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift).to(self.dtype)
+        return torch.softmax(self.model(pixel_values=x).logits.float(), dim=-1)
+
+
+def exported_classifier(spec: ClassifierSpec, revision: str | None) -> Path:
+    """The classifier as one fp32 ONNX graph, uint8 crops (any number) in, probabilities out.
+
+    Exported on the first use on a machine (torch's TorchScript exporter), then found in the model
+    cache by the weights' identity, so later actors load it without importing torch.
+    """
+    name = f"classifier-{spec.identity_digest}-v{ONNX_EXPORT_VERSION}.onnx"
+    return derived_model_file(name, lambda path: _export(spec, revision, path))
+
+
+def _export(spec: ClassifierSpec, revision: str | None, path: Path) -> None:
+    import torch
+
+    scorer = TorchScorer(spec, revision, "cpu", "float32")
+    scorer.model.requires_grad_(False)  # the tracer takes the weights as constants of the graph
+
+    class Graph(torch.nn.Module):  # what the exporter traces: the scorer as a module
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return scorer.probabilities(pixels)
+
+    example = torch.zeros((2, spec.input_size, spec.input_size, 3), dtype=torch.uint8)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes on the model's constant shape checks
+            torch.onnx.export(Graph(), (example,), str(path), input_names=["pixels"], output_names=["probabilities"],
+                              dynamic_axes={"pixels": {0: "faces"}, "probabilities": {0: "faces"}},
+                              opset_version=17, dynamo=False)
+    except Exception as e:  # the exporter raises many kinds for operators it cannot map
+        raise FervidError(f"classifier model '{spec.source}' could not be exported to ONNX ({first_line(e)[:160]}); "
+                          "set classifier.runtime: torch") from None
+
+
+class OnnxScorer:
+    """The exported graph on ONNX Runtime's CPU provider; `__call__` maps uint8 crops to probabilities."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), onnx_session_options(threads),
+                                                    providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels)})[0]
+
+
 class EmotionClassifier:
     """Loads the model once; `predict` maps a batch of crops to label probabilities."""
 
     def __init__(self, model: str, revision: str | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 32, threads: int = 0, quantize: str | None = None) -> None:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
+                 batch_size: int = 32, threads: int = 0, quantize: str | None = None,
+                 runtime: str = "auto") -> None:
         spec = resolve_classifier(model, revision)
         self.labels = list(spec.labels)
         self.input_size = spec.input_size
         self.batch_size = batch_size
         self.device = pick_device(device)
-        name = ("bfloat16" if self.device == "cuda" else "float32") if dtype == "auto" else _DTYPES[dtype]
-        self.dtype = getattr(torch, name)
-        self.model = AutoModelForImageClassification.from_pretrained(
-            spec.source, revision=revision, use_safetensors=True, trust_remote_code=False,
-            local_files_only=True, attn_implementation="sdpa", dtype=self.dtype,
-        ).to(self.device).eval()
+        if quantize == "int8" and self.device != "cpu":
+            raise FervidError("classifier.quantize: int8 runs on the CPU only")
+        self.runtime = pick_runtime(runtime, self.device, dtype, quantize)
+        if self.runtime == "onnxruntime":
+            self.scorer = OnnxScorer(exported_classifier(spec, revision), threads)
+            return
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.scorer = TorchScorer(spec, revision, self.device, dtype)
         if quantize == "int8":
-            if self.device != "cpu":
-                raise FervidError("classifier.quantize: int8 runs on the CPU only")
-            self.model = quantize_feed_forward(self.model)
-        processor = AutoImageProcessor.from_pretrained(spec.source, revision=revision, local_files_only=True)
-        self.scale, self.shift = pixel_normalisation(processor, self.device)
+            self.scorer.model = quantize_feed_forward(self.scorer.model)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB crops -> (N, labels) float32 probabilities."""
-        import torch
-
         out = np.zeros((len(crops), len(self.labels)), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(crops), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + self.batch_size]))
-                x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-                x = (x * self.scale + self.shift).to(self.dtype)
-                logits = self.model(pixel_values=x).logits.float()
-                out[start:start + len(batch)] = torch.softmax(logits, dim=-1).cpu().numpy()
+        for start in range(0, len(crops), self.batch_size):
+            out[start:start + self.batch_size] = self.scorer(crops[start:start + self.batch_size])
         return out

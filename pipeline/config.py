@@ -54,11 +54,12 @@ class ClassifierConfig:
     batch_size: int = 32
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     quantize: str | None = None  # int8: dynamic int8 feed-forward layers, for CPU-only boxes
+    runtime: str = "auto"  # auto (onnxruntime for fp32 on the CPU, else torch), onnxruntime or torch
     device: str = "auto"  # auto, cpu or cuda
     actors: int = 1  # 0: score inside the decode+detect actors (CPU-only boxes: no core split to guess)
     num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
     num_cpus: float = 1.0  # per actor
-    threads: int = 0  # torch threads per actor; 0 means num_cpus
+    threads: int = 0  # torch / ONNX Runtime threads per actor; 0 means num_cpus
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor, to pin it to nodes
 
 
@@ -101,7 +102,7 @@ class Config:
             },
             "crop": dataclasses.asdict(self.crop),
             "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
-                           "dtype": c.dtype, "quantize": c.quantize},
+                           "dtype": c.dtype, "quantize": c.quantize, "runtime": c.runtime},
             "tracking": dataclasses.asdict(self.tracking),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -225,6 +226,12 @@ def _check(config: Config) -> None:
         raise FervidError("classifier.dtype must be auto, float32, bfloat16 or float16")
     if c.quantize not in (None, "int8"):
         raise FervidError("classifier.quantize must be null or int8")
+    if c.runtime not in ("auto", "onnxruntime", "torch"):
+        raise FervidError("classifier.runtime must be auto, onnxruntime or torch")
+    if c.runtime == "onnxruntime" and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.quantize
+                                       or c.dtype not in ("auto", "float32")):
+        raise FervidError("classifier.runtime onnxruntime runs fp32 on the CPU only: set classifier.device: cpu, "
+                          "num_gpus: 0, dtype: float32 and quantize: null, or runtime: auto")
     if c.quantize and (c.device == "cuda" or (c.num_gpus or 0) > 0):
         raise FervidError("classifier.quantize: int8 runs on the CPU only: set classifier.device: cpu and "
                           "classifier.num_gpus: 0, or quantize: null")

@@ -8,8 +8,6 @@ of its work on padding. SCRFD graphs exported with a fixed input size get a size
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,14 +60,14 @@ def any_size_model(model_path: str | Path) -> Path | None:
     upsamplings as constant output sizes; as constant 2x scales they compute the same values at
     640x640 and follow any other input size. The copy lies in the temp folder, named by content.
     """
+    from pipeline.models import DERIVED_MODELS, derived_model_file, file_digest
+
+    name = f"{file_digest(model_path)}-any-size.onnx"
+    if (DERIVED_MODELS / name).is_file():  # made by an earlier actor on this node: no need to read the graph again
+        return DERIVED_MODELS / name
     import onnx
     from onnx import numpy_helper
 
-    from pipeline.models import file_digest
-
-    target = Path(tempfile.gettempdir()) / "fervid-models" / f"{file_digest(model_path)}-any-size.onnx"
-    if target.is_file():  # made by an earlier actor on this node: no need to read the graph again
-        return target
     model = onnx.load(str(model_path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4 or not (dims[2].dim_value and dims[3].dim_value):
@@ -98,11 +96,7 @@ def any_size_model(model_path: str | Path) -> Path | None:
             dim.dim_param = f"{output.name}_{axis}"
     del model.graph.value_info[:]  # the fixed intermediate shapes no longer hold
     onnx.checker.check_model(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    onnx.save(model, str(partial))
-    os.replace(partial, target)  # actors starting together each write whole files; the last one stays
-    return target
+    return derived_model_file(name, lambda path: onnx.save(model, str(path)))
 
 
 class FaceDetector:
@@ -111,12 +105,10 @@ class FaceDetector:
     def __init__(self, model_path: str, det_size: int = 640, threshold: float = 0.5, min_face_px: int = 0,
                  max_faces: int = 0, threads: int = 1, device: str = "auto", aspect_fit: bool = True) -> None:
         import insightface
-        import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        if threads:  # 0 keeps ONNX Runtime's default: all cores
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        from pipeline.models import onnx_session_options
+
+        options = onnx_session_options(threads)
         providers = onnx_providers(device)
         any_size = any_size_model(model_path) if aspect_fit else None
         self.aspect_fit = any_size is not None

@@ -194,13 +194,15 @@ def stream_image_scores(images: list[dict], c: ClassifierConfig, spec: Classifie
 
 
 def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -> ray.data.Dataset:
-    """The classifier actor pool, on a GPU each where the cluster has GPUs (unless num_gpus or int8 say otherwise)."""
+    """The classifier actor pool, on a GPU each where the cluster has GPUs (unless num_gpus, int8 or the
+    onnxruntime runtime say otherwise)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     refuse_ray_client("Ray Data")  # ray-project/ray#48682; `fervid run` runs its graph in a task instead
     gpus = ray.cluster_resources().get("GPU", 0)
-    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not c.quantize else 0.0)
+    cpu_only = c.quantize or c.runtime == "onnxruntime"
+    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if gpus and not cpu_only else 0.0)
     classifier = _classifier_kwargs(c, spec, _device(c.device, num_gpus), threads=c.threads or max(1, int(c.num_cpus)))
     return ds.map_batches(
         ClassifyOnNode, fn_constructor_kwargs={"classifier": classifier},
@@ -209,9 +211,9 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
 
 
 def _classifier_kwargs(c: ClassifierConfig, spec: ClassifierSpec, device: str, threads: int) -> dict:
-    """EmotionClassifier's arguments for an actor on `device` with `threads` torch threads."""
+    """EmotionClassifier's arguments for an actor on `device` with `threads` threads."""
     return {"model": spec.source, "revision": c.revision, "device": device, "dtype": c.dtype,
-            "quantize": c.quantize, "batch_size": c.batch_size, "threads": threads}
+            "quantize": c.quantize, "runtime": c.runtime, "batch_size": c.batch_size, "threads": threads}
 
 
 def _device(device: str, num_gpus: float) -> str:

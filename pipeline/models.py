@@ -9,14 +9,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from pipeline import storage
 from pipeline.errors import FervidError, first_line
 
+if TYPE_CHECKING:
+    import onnxruntime
+
+DERIVED_MODELS = Path(tempfile.gettempdir()) / "fervid-models"  # files fervid makes from models, per machine
 _LOCAL_HINT = "point the config at a local copy (e.g. --set {key}={example})"
 
 
@@ -28,6 +36,16 @@ class ClassifierSpec:
     revision: str  # hub commit hash, or a content hash of local weights
     labels: tuple[str, ...]  # from id2label, in index order
     input_size: int  # square side from the preprocessor config
+
+    @property
+    def identity(self) -> str:
+        """The weights' identity: a local folder's content hash (wherever it lies), else hub id @ commit."""
+        return self.revision if Path(self.source).exists() else f"{self.source}@{self.revision}"
+
+    @property
+    def identity_digest(self) -> str:
+        """The identity as a short name for files made from these weights."""
+        return hashlib.blake2b(self.identity.encode(), digest_size=8).hexdigest()
 
 
 def file_digest(source: str | Path | pa.NativeFile, chunk: int = 1 << 20) -> str:
@@ -125,5 +143,30 @@ def model_revision(model: str, kind: str, revision: str | None = None) -> str:
     """A stable identity for the weights a model name points at, for the config fingerprint."""
     if kind == "detector":
         return file_digest(resolve_detector(model))
-    spec = resolve_classifier(model, revision)
-    return spec.revision if Path(spec.source).exists() else f"{spec.source}@{spec.revision}"
+    return resolve_classifier(model, revision).identity
+
+
+def derived_model_file(name: str, make: Callable[[Path], None]) -> Path:
+    """DERIVED_MODELS/name, made by make(path) unless an earlier run or actor on this machine made it.
+
+    make writes a file of its own, renamed into place when whole: actors starting together may each
+    make it, and every reader sees a complete file.
+    """
+    target = DERIVED_MODELS / name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{name}.{os.getpid()}.tmp")
+        make(partial)
+        os.replace(partial, target)
+    return target
+
+
+def onnx_session_options(threads: int) -> onnxruntime.SessionOptions:
+    """ONNX Runtime options for `threads` intra-op threads (0 keeps its default: all cores)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options

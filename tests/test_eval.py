@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from pipeline.classify import EmotionClassifier
 from pipeline.config import ClassifierConfig
 from pipeline.evaluate import evaluate, metrics
 from pipeline.imagefolder import load_image
-from tests.conftest import TEST_CONFIG
+from tests.conftest import ROOT, TEST_CONFIG
 from tests.test_cli import assert_one_line_error, fervid
 
 
@@ -83,9 +85,26 @@ def test_int8_classifier_agrees_with_fp32_on_fer2013(shared):
     model = str(shared / "models" / "vit-fer-tiny")
     fp32 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1)
     int8 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1, quantize="int8")
-    quantized = {name for name, module in int8.model.named_modules() if "quantized" in type(module).__module__}
+    quantized = {name for name, module in int8.scorer.model.named_modules() if "quantized" in type(module).__module__}
     assert quantized and all("mlp" in name for name in quantized)  # feed-forward only: attention and head stay fp32
     paths = sorted((shared / "fer2013" / "test").glob("*/PublicTest_*.jpg"))[::3]
     crops = np.stack([load_image(p, fp32.input_size) for p in paths])
     agreement = (fp32.predict(crops).argmax(1) == int8.predict(crops).argmax(1)).mean()
     assert len(crops) == 1197 and agreement >= 0.99
+
+
+def test_onnx_runtime_scores_as_torch_does_and_starts_without_torch(shared):
+    model = str(shared / "models" / "vit-fer-tiny")
+    onnx = EmotionClassifier(model, device="cpu", batch_size=64, threads=1)  # exported on first use on a machine
+    reference = EmotionClassifier(model, device="cpu", batch_size=64, threads=1, runtime="torch")
+    assert (onnx.runtime, reference.runtime) == ("onnxruntime", "torch")
+    paths = sorted((shared / "fer2013" / "test").glob("*/PublicTest_*.jpg"))[::10]
+    crops = np.stack([load_image(p, onnx.input_size) for p in paths])
+    scores, expected = onnx.predict(crops), reference.predict(crops)
+    assert len(crops) == 359 and len(crops) % 64  # a last batch of another size too
+    assert np.abs(scores - expected).max() < 1e-4 and (scores.argmax(1) == expected.argmax(1)).all()
+    # a new actor loads the exported graph and never imports torch or transformers
+    code = ("import sys; from pipeline.classify import EmotionClassifier; c = EmotionClassifier(sys.argv[1], device='cpu'); "
+            "print(c.runtime, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    fresh = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert fresh.stdout.split() == ["onnxruntime", "False", "False"]

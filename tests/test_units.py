@@ -34,6 +34,8 @@ def test_default_yaml_matches_built_in_defaults():
     ("classifier: {quantize: int4}", "classifier.quantize must be null or int8"),
     ("classifier: {quantize: int8, device: cuda}", "runs on the CPU only"),
     ("classifier: {actors: 0, num_gpus: 1}", "inside the decode\\+detect actors"),
+    ("classifier: {runtime: tensorrt}", "classifier.runtime must be auto, onnxruntime or torch"),
+    ("classifier: {runtime: onnxruntime, dtype: bfloat16}", "runs fp32 on the CPU only"),
     ("nonsense: 1", "unknown config key 'nonsense'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, yaml_text, message):
@@ -63,6 +65,7 @@ def test_fingerprint_follows_results_not_resources(shared, test_config):
     assert resources.fingerprint() == base
     assert replace(test_config, sampling=replace(test_config.sampling, fps=2.0)).fingerprint() != base
     assert replace(test_config, crop=replace(test_config.crop, margin=0.3)).fingerprint() != base
+    assert replace(test_config, classifier=replace(test_config.classifier, runtime="torch")).fingerprint() != base
 
 
 def test_sampling_by_time_handles_variable_rate_and_negative_start():
