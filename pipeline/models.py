@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,18 +146,11 @@ def model_revision(model: str, kind: str, revision: str | None = None) -> str:
 
 
 def derived_model_file(name: str, make: Callable[[Path], None]) -> Path:
-    """DERIVED_MODELS/name, made by make(path) unless an earlier run or actor on this machine made it.
-
-    make writes a file of its own, renamed into place when whole: actors starting together may each
-    make it, and every reader sees a complete file.
-    """
-    target = DERIVED_MODELS / name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{name}.{os.getpid()}.tmp")
-        make(partial)
-        os.replace(partial, target)
-    return target
+    """DERIVED_MODELS/name, made by make(path) unless an earlier run or actor on this machine made it
+    (actors starting together: one makes it, the others wait for it)."""
+    DERIVED_MODELS.mkdir(parents=True, exist_ok=True)
+    with storage.made_once(DERIVED_MODELS / name, make) as target:
+        return target
 
 
 def onnx_session_options(threads: int) -> onnxruntime.SessionOptions:

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -249,14 +249,7 @@ def local_file(target: str, key: str, cache_dir: Path | None = None, max_bytes: 
     folder = cache_dir or Path(os.environ.get(CACHE_DIR_ENV) or Path(tempfile.gettempdir()) / "fervid-cache")
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / (key + PurePosixPath(loc.path).suffix.lower())
-    with _flock(folder / f"{copy.name}.lock"):
-        if not copy.is_file():
-            tmp = folder / f".{copy.name}.part"  # one fetcher at a time: a part a killed one left is overwritten
-            try:
-                _download(loc, tmp)
-                os.replace(tmp, copy)
-            finally:
-                tmp.unlink(missing_ok=True)
+    with made_once(copy, lambda part: _download(loc, part)):
         now = time.time_ns()
         os.utime(copy, ns=(now, now))  # the recency eviction goes by (finer than the filesystem's own clock)
     _evict(folder, cache_limit() if max_bytes is None else max_bytes, keep=copy)
@@ -303,6 +296,22 @@ def _evict(folder: Path, max_bytes: int, keep: Path) -> None:
             except BlockingIOError:  # being fetched or used just now
                 continue
             total -= size
+
+
+@contextmanager
+def made_once(target: Path, make: Callable[[Path], None]) -> Iterator[Path]:
+    """Hold target, made first by make(part) if it is not there, under a lock on this node: one process
+    makes it while the others wait, then find it. make writes a part that is renamed when whole; a part
+    that a failed or killed maker left is removed or overwritten."""
+    with _flock(target.with_name(f"{target.name}.lock")):
+        if not target.is_file():
+            part = target.with_name(f".{target.name}.part")
+            try:
+                make(part)
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+        yield target
 
 
 @contextmanager

@@ -348,3 +348,20 @@ def test_a_run_over_gs_writes_the_rows_and_ids_of_a_local_run(shared, gcs, gcs_s
     assert_same_rows(results, analysed, videos=1)
     assert ok_ids(results) == {"single_face.mp4": ok_ids(analysed)["single_face.mp4"]}
     assert records(results)["path"].to_pylist() == [gs_uri(endpoint, "run/videos/single_face.mp4")]
+
+
+def test_made_once_leaves_nothing_of_a_failed_maker_and_makes_it_next_time(tmp_path):
+    target = tmp_path / "model.onnx"
+
+    def broken(part: Path) -> None:
+        part.write_bytes(b"half")
+        raise RuntimeError("the exporter failed")
+
+    with pytest.raises(RuntimeError), storage.made_once(target, broken):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx.lock"]
+    with storage.made_once(target, lambda part: part.write_bytes(b"whole")) as made:
+        assert made == target and target.read_bytes() == b"whole"
+    calls: list[Path] = []
+    with storage.made_once(target, calls.append):
+        assert calls == []  # found, not made again
