@@ -181,6 +181,24 @@ def test_a_cancelled_child_task_anywhere_in_the_chain_means_the_run_was_cancelle
     assert not graph.cancelled(RuntimeError("a real failure"))
 
 
+_LOCAL_WORKER_ENV = """
+import os, ray
+from pipeline import graph
+graph.connect(None)
+seen = ray.get(ray.remote(lambda: {n: os.environ.get(n) for n in graph.WORKER_ENV}).remote())
+print(seen == graph.WORKER_ENV, ray.get_runtime_context().runtime_env == {})
+"""
+
+
+def test_a_local_rays_workers_inherit_fervids_variables_without_a_runtime_env():
+    """No runtime_env on a local Ray: with one, Ray would start new workers for the first tasks instead of
+    using those it started with."""
+    env = {k: v for k, v in os.environ.items() if k not in graph.WORKER_ENV and k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", _LOCAL_WORKER_ENV], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
+
+
 def test_every_config_in_configs_loads():
     names = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
     assert {"default.yaml", "cpu.yaml", "gpu.yaml", "test.yaml"} <= set(names)
