@@ -13,7 +13,8 @@ import numpy as np
 
 from pipeline.errors import FervidError, first_line
 
-READ_CHUNK = 16  # frames decoded at once: bounds memory on large frames
+READ_CHUNK = 16  # frames decord decodes in one call: a damaged chunk is retried frame by frame
+HELD_BYTES = 256 * 2**20  # decoded frames held before they are handed on: bounds memory on large frames
 
 
 @dataclass
@@ -117,7 +118,12 @@ def _display_geometry(path: str) -> tuple[int, tuple[int, int]]:
 
 
 def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Chunks of frames; a chunk that fails is retried frame by frame so only damaged frames are lost."""
+    """Frames decoded in chunks; a chunk that fails is retried frame by frame so only damaged frames are lost.
+
+    An open decord reader keeps a thread busy (about half a core, measured) even while nobody reads
+    from it, so frames are handed on only once the reader is closed, or when HELD_BYTES of them are
+    waiting (large frames: the reader then stays open while they are used).
+    """
     import decord
 
     def open_reader() -> decord.VideoReader:
@@ -125,22 +131,23 @@ def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> I
         return decord.VideoReader(path, num_threads=1, width=width, height=height)
 
     reader = open_reader()  # one reader per segment: decord leaks over long use
+    held: list[tuple[int, np.ndarray]] = []
     for start in range(0, len(indices), READ_CHUNK):
         chunk = indices[start:start + READ_CHUNK]
         try:
-            frames = reader.get_batch(chunk).asnumpy()
+            held.extend(zip(chunk, reader.get_batch(chunk).asnumpy()))
         except decord.DECORDError:
-            frames = None
-        if frames is not None:
-            yield from zip(chunk, frames)
-            continue
-        for index in chunk:  # a fresh reader each time: a failed decode leaves the old one unusable
-            try:
-                frame = open_reader()[index].asnumpy()
-            except decord.DECORDError:
-                continue
-            yield index, frame
-        reader = open_reader()
+            for index in chunk:  # a fresh reader each time: a failed decode leaves the old one unusable
+                try:
+                    held.append((index, open_reader()[index].asnumpy()))
+                except decord.DECORDError:
+                    continue
+            reader = open_reader()
+        if sum(frame.nbytes for _, frame in held) >= HELD_BYTES:
+            yield from held
+            held = []
+    del reader
+    yield from held
 
 
 def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None,

@@ -129,6 +129,25 @@ def test_decoded_timestamps_and_frames_match_pyav(shared):
         assert np.array_equal(frame, reference[index])
 
 
+def test_decord_reader_is_closed_before_a_segments_frames_are_used(shared, monkeypatch):
+    """decord's reader keeps a thread busy while open, so frames that fit in HELD_BYTES come after it is
+    closed; larger ones come while it is still open, HELD_BYTES at a time."""
+    from pipeline import decode
+
+    path = str(shared / "videos" / "WolfgangLanger_Pexels.mp4")
+    picked = list(range(0, 240, 5))  # a 10 s segment at 5 fps: 48 frames, more than one decord chunk
+    before = set(os.listdir("/proc/self/task"))
+    frames = read_frames(path, "decord", picked, size=(640, 360))
+    next(frames)
+    assert set(os.listdir("/proc/self/task")) <= before  # the reader's threads are gone
+    assert [i for i, _ in frames] == picked[1:]
+    monkeypatch.setattr(decode, "HELD_BYTES", 1)
+    frames = read_frames(path, "decord", picked, size=(640, 360))
+    next(frames)
+    assert set(os.listdir("/proc/self/task")) - before  # proof that the check above can fail
+    assert [i for i, _ in frames] == picked[1:]
+
+
 def test_pyav_finds_a_segments_frames_by_their_probed_times(shared, tmp_path):
     source = (shared / "videos" / "WolfgangLanger_Pexels.mp4").read_bytes()
     cut = tmp_path / "cut_off.mp4"
