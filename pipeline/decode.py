@@ -120,9 +120,10 @@ def _display_geometry(path: str) -> tuple[int, tuple[int, int]]:
 def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames decoded in chunks; a chunk that fails is retried frame by frame so only damaged frames are lost.
 
-    An open decord reader keeps a thread busy (about half a core, measured) even while nobody reads
-    from it, so frames are handed on only once the reader is closed, or when HELD_BYTES of them are
-    waiting (large frames: the reader then stays open while they are used).
+    After each read, decord's reader goes on decoding the frames that follow in a thread of its own,
+    asked for or not: past the segment's end that work is thrown away, and in an actor with one core
+    it takes CPU from the detector. So frames are handed on only once the reader is closed, or when
+    HELD_BYTES of them are waiting (large frames: the reader then stays open while they are used).
     """
     import decord
 
