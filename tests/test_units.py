@@ -131,7 +131,7 @@ def test_decoded_timestamps_and_frames_match_pyav(shared):
 
 def test_decord_reader_is_closed_before_a_segments_frames_are_used(shared, monkeypatch):
     """decord's reader decodes ahead in a thread of its own while open, so frames that fit in HELD_BYTES
-    come after it is closed; larger ones come while it is still open, HELD_BYTES at a time."""
+    come after it is closed; larger ones come while it is still open, at most HELD_BYTES at a time."""
     from pipeline import decode
 
     path = str(shared / "videos" / "WolfgangLanger_Pexels.mp4")
