@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pipeline.errors import FervidError
@@ -81,7 +80,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import Runner
 
     config = load_config(args.config, args.overrides)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if client.over_client(args.address):
         summary = client.run_in_cluster(args.videos, args.out, config, args.address, force=args.force,
                                         show_progress=not args.quiet)
