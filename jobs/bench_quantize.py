@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.bench import SHARED
 from jobs.gpu_check import FULL, save_random_vit
+from pipeline.bench import SHARED
 from pipeline.classify import EmotionClassifier
+from pipeline.config import ClassifierConfig
 from pipeline.imagefolder import labelled_files, load_image, match_labels, scan
-
 
 VARIANTS = {"fp32_torch": {"runtime": "torch"}, "fp32_onnxruntime": {"runtime": "onnxruntime"},
             "int8": {"quantize": "int8"}}
 
 
 def classifiers(model: str, threads: int, batch_size: int) -> dict[str, EmotionClassifier]:
-    return {name: EmotionClassifier(model, device="cpu", batch_size=batch_size, threads=threads, **options)
+    return {name: EmotionClassifier.from_config(ClassifierConfig(model=model, device="cpu", batch_size=batch_size,
+                                                                 threads=threads, **options))
             for name, options in VARIANTS.items()}
 
 

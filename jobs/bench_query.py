@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.config import TrackingConfig
+from pipeline.finalize import faces_table, frames_table
 from pipeline.query import connect
-from pipeline.results import ResultsStore, faces_table, frames_table
+from pipeline.results import ResultsStore
+from pipeline.schema import FACE_BOX, score_column
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 SAMPLING_FPS = 5.0
@@ -34,14 +37,14 @@ def synthetic_tables(frames: int, labels: list[str], run_id: str,
     box = rng.uniform(0, 500, (frames, 4)).astype(np.float32)
     rows = pa.table({
         "frame_index": index, "pts_s": pts, "face_index": np.zeros(frames, np.int16),
-        **{name: box[:, i] for i, name in enumerate(("x1", "y1", "x2", "y2"))},
+        **{name: box[:, i] for i, name in enumerate(FACE_BOX)},
         "det_score": rng.uniform(0.5, 1, frames).astype(np.float32),
         "landmarks": pa.FixedSizeListArray.from_arrays(rng.uniform(0, 500, frames * 10).astype(np.float32), 10),
-        **{f"p_{label}": probs[:, i] for i, label in enumerate(labels)},
+        **{score_column(label): probs[:, i] for i, label in enumerate(labels)},
     })
     segment = {"segment_index": 0, "frames_index": index.tolist(), "frames_pts_s": pts.tolist(),
                "frames_face_count": [1] * frames, "frames_small_faces": [0] * frames}
-    return faces_table(rows, labels, run_id), frames_table([segment], run_id)
+    return faces_table(rows, labels, run_id, TrackingConfig()), frames_table([segment], run_id)
 
 
 def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok",

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from jobs.bench_query import write_synthetic
+from pipeline.query import latest_records
 from pipeline.report import write_report
-from pipeline.results import ResultsStore, latest_records
+from pipeline.results import ResultsStore
 
 
 def fabricate(source: Path, root: Path, videos: int) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.bench import SHARED, Sampler, end_to_end
+from pipeline.bench import SHARED, Sampler, end_to_end
 from pipeline.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -85,10 +85,11 @@ def save_random_vit(folder: Path, sizes: Sizes) -> Path:
 def measure_classifier(model: Path, sizes: Sizes, device: str) -> list[dict]:
     """faces/s per dtype and batch size, through EmotionClassifier.predict (host uint8 in, probabilities out)."""
     from pipeline.classify import EmotionClassifier
+    from pipeline.config import ClassifierConfig
 
     rows = []
     for dtype in sizes.dtypes:
-        classifier = EmotionClassifier(str(model), device=device, dtype=dtype)
+        classifier = EmotionClassifier.from_config(ClassifierConfig(model=str(model), device=device, dtype=dtype))
         side = classifier.input_size
         crops = np.random.default_rng(0).integers(0, 256, (max(sizes.batch_sizes), side, side, 3), dtype=np.uint8)
         for batch in sizes.batch_sizes:

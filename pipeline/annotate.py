@@ -18,7 +18,7 @@ import numpy as np
 from pipeline import query, storage
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
-from pipeline.report import clock, emotion_colours, find_videos, labels_of, source_problem
+from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
 
 TIME_BASE = Fraction(1, 1000)  # output timestamps in milliseconds
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -13,6 +13,7 @@ an actor's start-up, and ONNX Runtime also runs the ViT faster than torch does (
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,27 +26,49 @@ if TYPE_CHECKING:
     import torch
     from transformers.image_processing_utils import BaseImageProcessor
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+    from pipeline.config import ClassifierConfig
+
 ONNX_EXPORT_VERSION = 1  # part of the exported file's name: bump it when the exported graph changes
 
 
-def pick_device(device: str) -> str:
-    if device == "auto":
-        import torch
+@dataclass(frozen=True)
+class Placement:
+    """Where and how classifier actors run, decided once by `place_classifier` for validation, the graph and
+    the actors alike."""
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    device: str  # cpu or cuda
+    dtype: str  # float32, bfloat16 or float16
+    runtime: str  # onnxruntime or torch
+    threads: int  # intra-op threads of torch or ONNX Runtime
+    num_gpus: float  # what each actor asks the executor for
 
 
-def pick_runtime(runtime: str, device: str, dtype: str, quantize: str | None) -> str:
-    """auto: ONNX Runtime where it computes what torch would (fp32 on the CPU), torch for the rest."""
-    cpu_fp32 = device == "cpu" and dtype in ("auto", "float32") and not quantize
-    if runtime == "auto":
-        return "onnxruntime" if cpu_fp32 else "torch"
-    if runtime == "onnxruntime" and not cpu_fp32:
-        raise FervidError("classifier.runtime onnxruntime runs fp32 on the CPU only (no cuda, bf16 or int8): "
-                          "set classifier.runtime: auto or torch")
-    return runtime
+def place_classifier(c: ClassifierConfig, cluster_gpus: float = 0.0, fused_threads: int = 1) -> Placement:
+    """The classifier's placement on a cluster with cluster_gpus GPUs; FervidError where settings contradict.
+
+    auto settings: a GPU per actor where the cluster has GPUs (not for int8, ONNX Runtime or scoring inside
+    the decode+detect actors, which run on the CPU); bf16 on a GPU, fp32 on the CPU; ONNX Runtime where it
+    computes what torch would (fp32 on the CPU), torch for the rest. Threads: classifier.threads, else the
+    actor's CPUs (inside the decode+detect actors: fused_threads, the detector's).
+    """
+    fused = c.actors == 0
+    if fused and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.resources):
+        raise FervidError("classifier.actors: 0 scores faces inside the decode+detect actors, on their CPUs: "
+                          "it takes no classifier.device cuda, num_gpus or resources")
+    cpu_only = fused or c.quantize is not None or c.runtime == "onnxruntime"
+    num_gpus = c.num_gpus if c.num_gpus is not None else (1.0 if cluster_gpus and not cpu_only else 0.0)
+    device = c.device if c.device != "auto" else ("cuda" if num_gpus > 0 else "cpu")
+    dtype = c.dtype if c.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    cpu_fp32 = device == "cpu" and dtype == "float32" and c.quantize is None
+    runtime = c.runtime if c.runtime != "auto" else ("onnxruntime" if cpu_fp32 else "torch")
+    if runtime == "onnxruntime" and (not cpu_fp32 or num_gpus > 0):
+        raise FervidError("classifier.runtime onnxruntime runs fp32 on the CPU only: set classifier.device: cpu, "
+                          "num_gpus: 0, dtype: float32 and quantize: null, or runtime: auto")
+    if c.quantize is not None and (device != "cpu" or num_gpus > 0):
+        raise FervidError("classifier.quantize: int8 runs on the CPU only: set classifier.device: cpu and "
+                          "classifier.num_gpus: 0, or quantize: null")
+    threads = c.threads or (fused_threads if fused else max(1, int(c.num_cpus)))
+    return Placement(device, dtype, runtime, threads, num_gpus)
 
 
 def pixel_normalisation(processor: BaseImageProcessor, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +114,7 @@ class TorchScorer:
 
         hf_logging.disable_progress_bar()
         self.device = device
-        name = ("bfloat16" if device == "cuda" else "float32") if dtype == "auto" else _DTYPES[dtype]
-        self.dtype = getattr(torch, name)
+        self.dtype = getattr(torch, dtype)
         self.model = AutoModelForImageClassification.from_pretrained(
             spec.source, revision=revision, use_safetensors=True, trust_remote_code=False,
             local_files_only=True, attn_implementation="sdpa", dtype=self.dtype,
@@ -164,27 +186,29 @@ class OnnxScorer:
 class EmotionClassifier:
     """Loads the model once; `predict` maps a batch of crops to label probabilities."""
 
-    def __init__(self, model: str, revision: str | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 32, threads: int = 0, quantize: str | None = None,
-                 runtime: str = "auto") -> None:
-        spec = resolve_classifier(model, revision)
+    def __init__(self, spec: ClassifierSpec, placement: Placement, batch_size: int = 32, quantize: str | None = None,
+                 revision: str | None = None) -> None:
         self.labels = list(spec.labels)
         self.input_size = spec.input_size
         self.batch_size = batch_size
-        self.device = pick_device(device)
-        if quantize == "int8" and self.device != "cpu":
-            raise FervidError("classifier.quantize: int8 runs on the CPU only")
-        self.runtime = pick_runtime(runtime, self.device, dtype, quantize)
-        if self.runtime == "onnxruntime":
-            self.scorer = OnnxScorer(exported_classifier(spec, revision), threads)
+        self.placement = placement
+        if placement.runtime == "onnxruntime":
+            self.scorer = OnnxScorer(exported_classifier(spec, revision), placement.threads)
             return
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.scorer = TorchScorer(spec, revision, self.device, dtype)
+        torch.set_num_threads(placement.threads)
+        self.scorer = TorchScorer(spec, revision, placement.device, placement.dtype)
         if quantize == "int8":
             self.scorer.model = quantize_feed_forward(self.scorer.model)
+
+    @classmethod
+    def from_config(cls, c: ClassifierConfig, spec: ClassifierSpec | None = None,
+                    placement: Placement | None = None) -> EmotionClassifier:
+        """The classifier of a config section; actors pass the spec and placement the driver resolved, other
+        callers get them resolved here (placed as on a machine without GPUs, unless the config says cuda)."""
+        return cls(spec or resolve_classifier(c.model, c.revision), placement or place_classifier(c),
+                   c.batch_size, c.quantize, c.revision)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB crops -> (N, labels) float32 probabilities."""

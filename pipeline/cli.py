@@ -49,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from jobs.bench import add_bench_arguments as add
+    from pipeline.bench import add_bench_arguments as add
 
     add(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from jobs.bench import run_from_args
+    from pipeline.bench import run_from_args
 
     return run_from_args(args)
 
@@ -69,14 +69,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set sampling.fps=2 (repeatable)")
     parser.add_argument("--address", help="Ray cluster to join: HEAD:6379 from a node of the cluster, or "
-                        "ray://HEAD:10001 (Ray Client) from anywhere (default: RAY_ADDRESS, else a local Ray)")
+                        "ray://HEAD:10001 (Ray Client) from anywhere, or auto for the cluster started on this machine "
+                        "(default: RAY_ADDRESS, else a Ray of fervid's own)")
     parser.add_argument("--force", action="store_true", help="redo videos already analysed with this config")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import client
     from pipeline.config import load_config
+    from pipeline.executor import client
     from pipeline.runner import Runner
 
     config = load_config(args.config, args.overrides)
@@ -109,8 +110,8 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline import submit
     from pipeline.config import load_config
+    from pipeline.executor import submit
 
     config = load_config(args.config, args.overrides)
     with submit.jobs_api(args.address) as client:
@@ -125,7 +126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_INTERRUPTED
     print(submit.describe(job), file=sys.stderr)
-    return _job_exit_code(job)
+    return submit.exit_code(job, EXIT_INTERRUPTED, EXIT_ERROR)
 
 
 def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +142,7 @@ def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """status and logs exit 0 when they could ask; stop exits as `fervid submit` would for the stopped job."""
-    from pipeline import submit
+    from pipeline.executor import submit
 
     with submit.jobs_api(args.address) as client:
         if args.action == "status":
@@ -153,19 +154,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         else:
             job = submit.stop(client, args.job_id)
             print(submit.describe(job))
-            return _job_exit_code(job)
+            return submit.exit_code(job, EXIT_INTERRUPTED, EXIT_ERROR)
     return 0
-
-
-def _job_exit_code(job) -> int:
-    """0 succeeded, 130 stopped, else the entrypoint's own exit status (3: some videos failed), or 1."""
-    from ray.job_submission import JobStatus
-
-    if job.status == JobStatus.SUCCEEDED:
-        return 0
-    if job.status == JobStatus.STOPPED:
-        return EXIT_INTERRUPTED
-    return job.driver_exit_code if job.driver_exit_code and job.driver_exit_code > 0 else EXIT_ERROR
 
 
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.classify import place_classifier
 from pipeline.errors import FervidError
 
 
@@ -65,12 +66,11 @@ class ClassifierConfig:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True  # fill faces.track_id and the p_<label>_smooth columns
+    enabled: bool = True  # fill faces.track_id
     high_score: float = 0.6  # detections at or above it start and extend tracks; weaker ones only extend
     match_iou: float = 0.3  # least buffered IoU between a track's predicted box and a detection
     max_gap_s: float = 1.0  # a track unseen for longer ends
     min_frames: int = 2  # tracks with fewer detections are dropped (their faces get no track)
-    smooth_s: float = 1.0  # width of the centred window the _smooth scores average over; 0 copies the raw scores
 
 
 @dataclass
@@ -217,9 +217,6 @@ def _check(config: Config) -> None:
             raise FervidError(f"{key} must not be negative")
     if d.threads < 1 or c.batch_size < 1:
         raise FervidError("detector.threads and classifier.batch_size must be at least 1")
-    if c.actors == 0 and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.resources):
-        raise FervidError("classifier.actors: 0 scores faces inside the decode+detect actors, on their CPUs: "
-                          "it takes no classifier.device cuda, num_gpus or resources")
     if config.crop.margin < 0:
         raise FervidError("crop.margin must not be negative")
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -228,16 +225,10 @@ def _check(config: Config) -> None:
         raise FervidError("classifier.quantize must be null or int8")
     if c.runtime not in ("auto", "onnxruntime", "torch"):
         raise FervidError("classifier.runtime must be auto, onnxruntime or torch")
-    if c.runtime == "onnxruntime" and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.quantize
-                                       or c.dtype not in ("auto", "float32")):
-        raise FervidError("classifier.runtime onnxruntime runs fp32 on the CPU only: set classifier.device: cpu, "
-                          "num_gpus: 0, dtype: float32 and quantize: null, or runtime: auto")
-    if c.quantize and (c.device == "cuda" or (c.num_gpus or 0) > 0):
-        raise FervidError("classifier.quantize: int8 runs on the CPU only: set classifier.device: cpu and "
-                          "classifier.num_gpus: 0, or quantize: null")
     for key, value in (("detector.device", d.device), ("classifier.device", c.device)):
         if value not in ("auto", "cpu", "cuda"):
             raise FervidError(f"{key} must be auto, cpu or cuda")
+    place_classifier(c, cluster_gpus=1)  # settings that contradict each other, whatever the cluster has
     if (c.num_gpus is not None and c.num_gpus < 0) or c.num_cpus < 0 or d.num_gpus < 0:
         raise FervidError("classifier.num_gpus, classifier.num_cpus and detector.num_gpus must not be negative")
     for section, resources in (("detector", d.resources), ("classifier", c.resources)):
@@ -247,8 +238,8 @@ def _check(config: Config) -> None:
     for key, value in (("tracking.high_score", t.high_score), ("tracking.match_iou", t.match_iou)):
         if not 0 < value < 1:
             raise FervidError(f"{key} must be between 0 and 1")
-    if t.max_gap_s < 0 or t.smooth_s < 0:
-        raise FervidError("tracking.max_gap_s and tracking.smooth_s must not be negative")
+    if t.max_gap_s < 0:
+        raise FervidError("tracking.max_gap_s must not be negative")
     if t.min_frames < 1:
         raise FervidError("tracking.min_frames must be at least 1")
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pipeline.errors import FervidError
+
+if TYPE_CHECKING:
+    from pipeline.config import DetectorConfig
 
 STRIDE = 32  # SCRFD's coarsest feature stride: input sides must be multiples of it
 
@@ -121,6 +125,14 @@ class FaceDetector:
         self.det_size = det_size
         self.min_face_px = min_face_px
         self.max_faces = max_faces
+
+    @classmethod
+    def from_config(cls, d: DetectorConfig, model_path: str | Path) -> FaceDetector:
+        """The detector of a config section, its model resolved by the driver (models.resolve_detector);
+        device auto: CUDA exactly where the actor asks the executor for a GPU share."""
+        device = d.device if d.device != "auto" else ("cuda" if d.num_gpus > 0 else "cpu")
+        return cls(str(model_path), d.det_size, d.threshold, d.min_face_px, d.max_faces, d.threads, device,
+                   d.aspect_fit)
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """The detector input a width x height frame is scaled and padded into."""

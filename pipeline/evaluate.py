@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import graph
 from pipeline.config import ClassifierConfig
 from pipeline.errors import FervidError
+from pipeline.executor import connect, graph
 from pipeline.imagefolder import labelled_files, match_labels, scan
 from pipeline.models import resolve_classifier
-from pipeline.stages import score_columns
+from pipeline.schema import score_columns
 
 
 def metrics(truth: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
@@ -59,7 +59,7 @@ def evaluate(image_dir: str | Path, classifier: ClassifierConfig, pattern: str |
     paths, truth = labelled_files(folders, match.index)
     if not paths:
         raise FervidError(f"the label folders of {image_dir} that match the model hold no images")
-    graph.connect(address)
+    connect.connect(address)
     started = time.monotonic()  # images/s counts the actors starting, not Ray
     columns = score_columns(labels)
     scored_paths, scored_truth, probs = [], [], []

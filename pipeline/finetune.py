@@ -11,10 +11,10 @@ plus the optimiser, schedule and random states, so an interrupted run resumes ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.classify import pick_device, pixel_normalisation
+from pipeline.classify import pixel_normalisation
 from pipeline.errors import FervidError
+from pipeline.executor import train as ray_train
 from pipeline.imagefolder import labelled_files, load_image, match_labels, scan
 from pipeline.models import ClassifierSpec, resolve_classifier
 
@@ -109,12 +110,21 @@ def finetune(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: s
     """
     plan = _plan(train_dir, out, recipe, eval_dir)
     if train_workers is None:
-        train_workers = 1 if device == "cpu" else _gpu_count(address)
+        train_workers = 1 if device == "cpu" else ray_train.gpu_count(address)
     if train_workers < 1:
         raise FervidError("--train-workers must be at least 1")
     if train_workers == 1:
-        return _train(plan, pick_device(device), workers, log)
-    return _train_on_ray(plan, device, workers, train_workers, address)
+        return _train(plan, _local_device(device), workers, log)
+    ray_train.train_on_ray(functools.partial(_train, plan, workers=workers), train_workers, device, address,
+                           name=f"fervid-finetune-{plan.out.name}-{int(time.time())}")
+    return json.loads((plan.out / METRICS_FILE).read_text())  # Ray Train returns metrics only with its checkpoints
+
+
+def _local_device(device: str) -> str:
+    """auto: the GPU where this machine has one."""
+    import torch
+
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _plan(train_dir: str | Path, out: str | Path, recipe: Recipe, eval_dir: str | Path | None) -> _Plan:
@@ -165,10 +175,8 @@ def _train(plan: _Plan, device: str, workers: int, log: Callable[[str], None], r
                           f"use the same command to resume it, or a new --out folder")
     source = str(checkpoint) if checkpoint else plan.spec.source
     model = bare = _load_model(source, plan.labels, plan.keep_head or checkpoint is not None).to(device).train()
-    if world > 1:
-        from ray.train.torch import prepare_model
-
-        model = prepare_model(model)  # DistributedDataParallel, starting from worker 0's weights
+    if world > 1:  # under Ray Train, which has set up the process group; DDP starts from worker 0's weights
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index] if cuda else None)
     processor = AutoImageProcessor.from_pretrained(source)
     scale, shift = pixel_normalisation(processor, device)
 
@@ -276,71 +284,6 @@ def _train(plan: _Plan, device: str, workers: int, log: Callable[[str], None], r
         for old in out.glob(CHECKPOINT_PREFIX + "*"):
             shutil.rmtree(old)
     return summary
-
-
-def _gpu_count(address: str | None) -> int:
-    """GPUs of the Ray cluster being joined, else of this machine (without starting Ray for it); at least 1."""
-    import torch
-
-    from pipeline.graph import cluster_address, connect
-
-    if cluster_address(address):
-        import ray
-
-
-        connect(address)
-        return max(1, int(ray.cluster_resources().get("GPU", 0)))
-    return max(1, torch.cuda.device_count())
-
-
-def _train_on_ray(plan: _Plan, device: str, workers: int, train_workers: int, address: str | None) -> dict:
-    """_train in train_workers Ray Train workers (a GPU each, or CPUs and gloo); the summary worker 0 wrote.
-
-    Worker 0 writes into plan.out, so on a cluster the output, data and base model must be at paths
-    every node sees. Its log lines reach this terminal through Ray's worker output.
-    """
-    import ray
-    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.graph import connect, refuse_ray_client
-
-    connect(address)
-    refuse_ray_client("Ray Train")  # untested there; its workers' output and checkpoints assume a cluster process
-    kind = "GPU" if device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0) else "CPU"
-    have = int(ray.cluster_resources().get(kind, 0))
-    if have < train_workers:
-        raise FervidError(f"--train-workers {train_workers} needs a {kind} each; the Ray cluster has {have}")
-    trainer = TorchTrainer(
-        _train_worker, train_loop_config={"plan": plan, "workers": workers},
-        scaling_config=ScalingConfig(num_workers=train_workers, use_gpu=kind == "GPU"),
-        run_config=RunConfig(name=f"fervid-finetune-{plan.out.name}-{int(time.time())}"))
-    try:
-        trainer.fit()
-    except TrainingFailedError as e:
-        failures = getattr(e, "worker_failures", {})
-        known = [f for f in failures.values() if isinstance(f, FervidError)]
-        if known:
-            raise FervidError(str(known[0])) from None
-        raise
-    return json.loads((plan.out / METRICS_FILE).read_text())  # Ray Train returns metrics only with its checkpoints
-
-
-def _train_worker(config: dict) -> None:
-    """Ray Train's loop on each worker: _train on the device Ray Train gave it, worker 0 printing the log."""
-    import ray.train
-    from ray.train.torch import get_device
-
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    _train(config["plan"], str(get_device()), config["workers"], _write_line if rank == 0 else (lambda line: None),
-           rank, context.get_world_size())
-
-
-def _write_line(line: str) -> None:
-    """To standard output, which Ray forwards; not print, which Ray Train makes log every line twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def _shard(size: int, rank: int, world: int) -> tuple[slice, float]:

@@ -12,6 +12,7 @@ from pipeline import storage
 from pipeline.config import SamplingConfig
 from pipeline.decode import VideoInfo, sample_indices
 from pipeline.errors import FervidError
+from pipeline.schema import Segment
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 
@@ -34,26 +35,20 @@ def discover(root: str | Path) -> list[VideoFile]:
     return videos
 
 
-def plan_segments(video_id: str, path: str, info: VideoInfo, sampling: SamplingConfig) -> list[dict]:
+def plan_segments(video_id: str, path: str, info: VideoInfo, sampling: SamplingConfig) -> list[Segment]:
     """Split a video's sampled frames into segments of about sampling.segment_s seconds each."""
     indices = sample_indices(info.pts_s, sampling.fps, sampling.every_n_frames)
     size = decode_size(info.width, info.height, sampling.decode_max_side)
     pts = info.pts_s[indices]
     bucket = np.floor((pts - info.pts_s[0]) / sampling.segment_s).astype(np.int64)
-    segments = []
-    for k, b in enumerate(np.unique(bucket)):
-        mask = bucket == b
-        segments.append({
-            "video_id": video_id, "path": path, "decoder": info.decoder, "rotation": info.rotation,
-            "decode_size": size, "source_scale": info.width / size[0] if size else 1.0,
-            "segment_index": k, "frame_index": indices[mask].tolist(), "pts_s": pts[mask].tolist(),
-        })
-    return segments
+    return [Segment(video_id, path, info.decoder, info.rotation, size, info.width / size[0] if size else 1.0, k,
+                    tuple(indices[bucket == b].tolist()), tuple(pts[bucket == b].tolist()))
+            for k, b in enumerate(np.unique(bucket))]
 
 
-def decode_size(width: int, height: int, max_side: int | None) -> list[int] | None:
+def decode_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
     """The (even) displayed width and height to decode at, when the frame's longer side exceeds max_side."""
     if not max_side or max(width, height) <= max_side:
         return None
     scale = max_side / max(width, height)
-    return [max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)]
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)

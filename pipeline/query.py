@@ -7,7 +7,6 @@ Parquet files are and the labels, which follow the `p_<label>` columns actually 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -18,12 +17,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
-from pipeline import storage
+from pipeline import schema, storage
 from pipeline.errors import FervidError
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-VIEW_FILES = ("base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql", "transitions.sql",
-              "tracks.sql")
+_PACKAGE = Path(__file__).resolve().parent
+# pipeline/sql in an installed wheel (pyproject maps the repository's sql/ there), sql/ beside it in a checkout
+SQL_DIR = _PACKAGE / "sql" if (_PACKAGE / "sql").is_dir() else _PACKAGE.parent / "sql"
+RECORD_FILES = ("records.sql",)  # needs only the videos table
+VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql",
+              "transitions.sql", "tracks.sql", "report.sql")
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
 TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1}  # folders between a table's folder and its files
 DICTIONARY_COLUMNS = ("run_id", "emotion")
@@ -44,9 +46,28 @@ def connect(results_dir: str | Path | storage.Location) -> duckdb.DuckDBPyConnec
     for table, dataset in datasets.items():
         con.register(f"{table}_files", dataset)
     con.execute(_render_views({table: f"{table}_files" for table in TABLE_FILES}, _labels(datasets["faces"])))
+    _lock(con)
+    return con
+
+
+def latest_records(results_dir: str | Path | storage.Location) -> pa.Table:
+    """The `latest_records` view (each video's record that counts, ok or failed) over RESULTS' videos table
+    alone, so it works before any video has been analysed; reads only."""
+    root = storage.locate(results_dir)
+    files = _table_files(root, ("videos",))["videos"]
+    if not files:
+        return schema.VIDEOS_SCHEMA.empty_table()
+    con = duckdb.connect()
+    con.register("videos_files", _dataset(root, "videos", files))
+    con.execute(_render_views({"videos": "videos_files"}, [], RECORD_FILES))
+    _lock(con)
+    return con.sql("SELECT * FROM latest_records").to_arrow_table()
+
+
+def _lock(con: duckdb.DuckDBPyConnection) -> None:
+    """No file access for SQL run on con: COPY, EXPORT, ATTACH, read_csv and the like fail."""
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con
 
 
 def view_sql(results_dir: str | Path) -> str:
@@ -86,13 +107,13 @@ def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str
         raise FervidError(f"cannot write {output}: {e.strerror or e}") from None
 
 
-def _render_views(sources: dict[str, str], labels: list[str]) -> str:
+def _render_views(sources: dict[str, str], labels: list[str], files: tuple[str, ...] = VIEW_FILES) -> str:
     """sql/*.sql with the {<table>_files} sources, {labels} and the per-label lines filled in
     (comment lines are kept as written)."""
     values = {"{labels}": ", ".join(f"'{label}'" for label in labels),
               **{f"{{{table}_files}}": source for table, source in sources.items()}}
     parts = []
-    for name in VIEW_FILES:
+    for name in files:
         lines = []
         for line in (SQL_DIR / name).read_text().splitlines():
             if line.lstrip().startswith("--"):
@@ -120,13 +141,13 @@ def _results(results_dir: str | Path | storage.Location) -> tuple[storage.Locati
     return root, files
 
 
-def _table_files(root: storage.Location) -> dict[str, list[storage.Location]]:
+def _table_files(root: storage.Location, tables: tuple[str, ...] = schema.TABLES) -> dict[str, list[storage.Location]]:
     """Each table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out)."""
     files = {}
-    for table, depth in TABLE_DEPTH.items():
+    for table in tables:
         base = root.child(table)
         files[table] = [loc for loc, _ in storage.list_files(base) if loc.name.endswith(".parquet")
-                        and loc.path[len(base.path) + 1:].count("/") == depth]
+                        and loc.path[len(base.path) + 1:].count("/") == TABLE_DEPTH[table]]
     return files
 
 
@@ -154,10 +175,9 @@ def _dataset(root: storage.Location, table: str, files: list[storage.Location]) 
 
 
 def _labels(faces: ds.Dataset) -> list[str]:
-    """The labels of the p_<label> columns, in the model's order (p_<label>_smooth companions are not labels)."""
-    scores = [name[2:] for name in faces.schema.names if name.startswith("p_")]
-    labels = [s for s in scores if not (s.endswith("_smooth") and s.removesuffix("_smooth") in scores)]
-    odd = [label for label in labels if not re.fullmatch(r"\w+", label)]
+    """The labels of the faces table's score columns, in the model's order, checked to name SQL columns."""
+    labels = schema.labels_of(faces.schema.names)
+    odd = schema.unnamable_labels(labels)
     if odd:
         raise FervidError(f"labels {odd} are not plain names (letters, digits, _); the views cannot name their columns")
     return labels

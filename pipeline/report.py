@@ -25,19 +25,14 @@ from pipeline.config import CropConfig
 from pipeline.crop import square_crops
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
-from pipeline.results import latest_records
+from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
+from pipeline.schema import score_column
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 THUMB_PX = 128
 MAX_POINTS = 600  # chart points per track at most: long videos get wider timeline buckets
 MAX_CHARTS = 8  # tracks charted per video, the longest ones: a crowd's passers-by would bury the people who stay
 DOMINANT_Y = 1.06  # height of the dominant-emotion strip above the stacked probabilities
-# One colour per emotion, the same in every chart, table and annotated video; other labels take the palette in order.
-KNOWN_COLOURS = {
-    "angry": "#d62728", "disgust": "#6b8e23", "fear": "#9467bd", "happy": "#f2b400", "neutral": "#9e9e9e",
-    "sad": "#1f77b4", "surprise": "#ff7f0e", "contempt": "#8c564b",
-}
-OTHER_COLOURS = ("#17becf", "#e377c2", "#2ca02c", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
@@ -52,11 +47,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         raise FervidError(f"{root.uri}: give --out DIR for the report of results at a URI")
     out = Path(out_dir) if out_dir else Path(root.path).with_name(root.name + "-report")
     con = query.connect(root)
-    records = latest_records(root)
+    rows = _sql(con, "SELECT * FROM video_index")  # every video's header and coverage, in one pass
     if videos:
-        chosen = {r["video_id"] for r in find_videos(records.to_pylist(), videos)}
-        records = records.filter([video_id in chosen for video_id in records.column("video_id").to_pylist()])
-    con.register("records", records)
+        chosen = {r["video_id"] for r in find_videos(rows, videos)}
+        rows = [row for row in rows if row["video_id"] in chosen]
     labels = labels_of(con)
     colours = emotion_colours(labels)
     try:
@@ -66,19 +60,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     except OSError as e:
         raise FervidError(f"cannot write the report to {out}: {e.strerror}") from None
     env = _environment()
-    # One pass over all videos for the index and every page's header and coverage; the rest is per video.
-    rows = _sql(con, """
-        SELECT r.* EXCLUDE (duration_s, sampled_frames, faces),
-            coalesce(s.duration_s, r.duration_s) AS duration_s,
-            s.* EXCLUDE (video_id, path, duration_s),
-            s.faces / nullif(s.sampled_frames, 0) AS faces_per_frame,
-            coalesce(most.most_faces, 0) AS most_faces, coalesce(tracks.tracks, 0) AS tracks
-        FROM records r
-        LEFT JOIN video_summary s USING (video_id)
-        LEFT JOIN (SELECT video_id, max(face_count) AS most_faces FROM frames GROUP BY video_id) most USING (video_id)
-        LEFT JOIN (SELECT video_id, count(DISTINCT track_id) AS tracks FROM faces GROUP BY video_id) tracks
-            USING (video_id)
-        ORDER BY r.path""")
     for row in rows:
         if row["status"] == "ok":
             page = _video_page(con, root, out, row, labels, colours)
@@ -87,66 +68,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     return out / "index.html"
 
 
-def find_videos(records: list[dict], wanted: list[str], among: str = "the results") -> list[dict]:
-    """The records named by video id or by the path they were analysed from, in the order asked for."""
-    found = []
-    for name in wanted:
-        path = storage.locate(name).uri  # as fervid run records it
-        match = [r for r in records if name == r["video_id"] or path == r["path"]]
-        if not match:
-            raise FervidError(f"{name!r} is not the video_id or path of any of {among}")
-        found += match
-    return found
-
-
-def labels_of(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """The model's labels in its order, as the views name them (video_summary's mean_<label> columns)."""
-    return [c.removeprefix("mean_") for c in con.sql("SELECT * FROM video_summary LIMIT 0").columns
-            if c.startswith("mean_")]
-
-
-def emotion_colours(labels: list[str]) -> dict[str, str]:
-    """Label -> hex colour: the fixed colours for the usual emotions, the rest from a palette in label order."""
-    others = iter(OTHER_COLOURS * (len(labels) // len(OTHER_COLOURS) + 1))
-    return {label: KNOWN_COLOURS.get(label) or next(others) for label in labels}
-
-
-def source_problem(path: str, size_bytes: int) -> str | None:
-    """Why the source video cannot be shown again (gone or replaced), or None when it is still there."""
-    try:
-        info = storage.stat(path)
-    except FervidError as e:  # a store that cannot be reached
-        return str(e)
-    if info.type != FileType.File:
-        return f"the source video is no longer at {path}"
-    if info.size != size_bytes:
-        return f"the file at {path} has changed since it was analysed"
-    return None
-
-
-def clock(seconds: float | None) -> str:
-    """Seconds as m:ss.s (h:mm:ss.s past an hour), as a video player shows time."""
-    if seconds is None:
-        return ""
-    minutes, s = divmod(max(seconds, 0.0), 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{s:04.1f}" if hours else f"{minutes}:{s:04.1f}"
-
-
 def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Path, video: dict, labels: list[str],
                 colours: dict[str, str]) -> dict:
     """Everything one video's page shows besides its index row, read from the views for that video only."""
     params = {"id": video["video_id"]}
-    segments = _sql(con, """
-        SELECT *, sum(duration_s) OVER (PARTITION BY emotion) AS emotion_s,
-            sum(duration_s) OVER (PARTITION BY emotion) / sum(duration_s) OVER () AS emotion_share
-        FROM emotion_segments WHERE video_id = $id ORDER BY track_id, start_s""", **params)
+    segments = _sql(con, "SELECT * FROM video_segments($id)", **params)
     shares = sorted({s["emotion"]: s for s in segments}.values(), key=lambda s: (-s["emotion_s"], s["emotion"]))
     # Buckets as fine as the sampling, but at most MAX_POINTS over the video: a long video's page stays small.
     bucket_s = round(max(video["duration_s"] / max(video["sampled_frames"], 1), video["duration_s"] / MAX_POINTS,
                          0.001), 3)
-    timeline = _sql(con, f"SELECT *, (start_s + end_s) / 2 AS t FROM timeline({bucket_s}) WHERE video_id = $id "
-                         "ORDER BY start_s, track_id", **params)
+    timeline = _sql(con, "SELECT * FROM video_timeline($id, $bucket_s)", bucket_s=bucket_s, **params)
     moments = _key_moments(con, video, labels)
     run = root.child("runs", f"{video['run_id']}.json")
     config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
@@ -160,11 +91,10 @@ def _key_moments(con: duckdb.DuckDBPyConnection, video: dict, labels: list[str])
     peaks = {label: video[f"peak_{label}_s"] for label in labels if video[f"peak_{label}_s"] is not None}
     if not peaks:
         return []
-    faces = _sql(con, "SELECT * FROM faces WHERE video_id = $id AND list_contains($times, pts_s)",
-                 id=video["video_id"], times=sorted(set(peaks.values())))
+    faces = _sql(con, "SELECT * FROM faces_at($id, $times)", id=video["video_id"], times=sorted(set(peaks.values())))
     moments = []
     for label, pts_s in peaks.items():
-        face = max((f for f in faces if f["pts_s"] == pts_s), key=lambda f: f[f"p_{label}"])
+        face = max((f for f in faces if f["pts_s"] == pts_s), key=lambda f: f[score_column(label)])
         moments.append({"label": label, "pts_s": pts_s, "p": video[f"peak_{label}"], "face": face,
                         "thumb": f"thumbs/{video['video_id']}-{label}.jpg", "has_thumb": False})
     return moments
@@ -217,10 +147,11 @@ def _charts(timeline: list[dict], labels: list[str], colours: dict[str, str], du
     for track_id in sorted(longest, key=lambda t: (t is None, t or 0)):
         rows = [tracks[track_id].get(t) for t in times]
         data = [{
-            "type": "scatter", "x": times, "y": [row[f"p_{label}"] if row else 0.0 for row in rows], "name": label,
+            "type": "scatter", "x": times, "name": label,
+            "y": [row[score_column(label)] if row else 0.0 for row in rows],
             "stackgroup": "p", "mode": "lines", "line": {"color": colours[label], "width": 0.5},
             "fillcolor": colours[label], "hovertemplate": "%{customdata}",
-            "customdata": [f"{row[f'p_{label}']:.1%}" if row else "no face" for row in rows],
+            "customdata": [f"{row[score_column(label)]:.1%}" if row else "no face" for row in rows],
         } for label in labels]
         data.append({
             "type": "scatter", "x": times, "y": [DOMINANT_Y if row else None for row in rows], "name": "dominant",

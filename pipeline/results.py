@@ -20,112 +20,28 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
-from pipeline import storage
-from pipeline.config import TrackingConfig
+from pipeline import query, storage
 from pipeline.errors import FervidError
-from pipeline.track import NO_TRACK, smooth_scores, track_faces
+from pipeline.schema import OK, PER_VIDEO_TABLES, TABLES, VIDEOS_SCHEMA
 
 OBJECT_LOCK_EXPIRES_S = 24 * 3600  # a results lock on an object store older than this is taken as left behind
 
-VIDEOS_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
-    ("duration_s", pa.float64()), ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
-    ("rotation", pa.int16()), ("frame_count", pa.int64()), ("sampled_frames", pa.int64()),
-    ("faces", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("decoder", pa.string()),
-    ("config_fingerprint", pa.string()), ("detector", pa.string()), ("detector_revision", pa.string()),
-    ("classifier", pa.string()), ("classifier_revision", pa.string()),
-    ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
-    ("run_id", pa.string()),
-])
-
-FRAMES_SCHEMA = pa.schema([
-    ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_count", pa.int16()),
-    ("small_faces", pa.int16()),  # found but under detector.min_face_px: not in `faces`
-    ("run_id", pa.string()),
-])
-
-FACE_COLUMNS = ["frame_index", "pts_s", "face_index", "track_id", "x1", "y1", "x2", "y2", "det_score", "landmarks"]
-
-
-def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig | None = None) -> pa.Table:
-    """Stage face rows of one video -> the `faces` table: sorted, tracks, smoothed scores, argmax label, confidence.
-
-    Tracking needs the whole video's rows in frame order, which is why it runs here and not in the stages.
-    `tracking` defaults to the built-in tracking settings.
-    """
-    tracking = tracking or TrackingConfig()
-    rows = rows.sort_by([("frame_index", "ascending"), ("face_index", "ascending")])
-    scores = [f"p_{label}" for label in labels]
-    probs = np.column_stack([rows.column(c).to_numpy() for c in scores]) if len(rows) else np.zeros((0, len(labels)))
-    best = probs.argmax(axis=1)
-    if tracking.enabled:
-        pts = rows.column("pts_s").to_numpy()
-        xyxy = np.column_stack([rows.column(c).to_numpy() for c in ("x1", "y1", "x2", "y2")]).reshape(-1, 4)
-        ids = track_faces(rows.column("frame_index").to_numpy(), pts, xyxy, rows.column("det_score").to_numpy(),
-                          tracking)
-        track_id = pa.array(ids, pa.int32(), mask=ids == NO_TRACK)
-        smooth = [pa.array(column, pa.float32()) for column in smooth_scores(ids, pts, probs, tracking.smooth_s).T]
-    else:
-        track_id = pa.nulls(len(rows), pa.int32())
-        smooth = [pa.nulls(len(rows), pa.float32())] * len(scores)
-    columns = {
-        "frame_index": rows.column("frame_index"), "pts_s": rows.column("pts_s"),
-        "face_index": rows.column("face_index"), "track_id": track_id,
-        **{c: rows.column(c) for c in ("x1", "y1", "x2", "y2", "det_score")},
-        "landmarks": rows.column("landmarks").cast(pa.list_(pa.float32())),
-        **{c: rows.column(c) for c in scores},
-        **{f"{c}_smooth": column for c, column in zip(scores, smooth)},
-        "emotion": pa.array(np.asarray(labels, dtype=object)[best] if len(rows) else [], pa.string()),
-        "confidence": pa.array(probs[np.arange(len(rows)), best], pa.float32()),
-        "run_id": pa.array([run_id] * len(rows), pa.string()),
-    }
-    return pa.table(columns)
-
-
-def frames_table(segments: list[dict], run_id: str) -> pa.Table:
-    """Closing rows of one video's segments -> the `frames` table, one row per sampled frame."""
-    segments = sorted(segments, key=lambda s: s["segment_index"])
-    index = [i for s in segments for i in s["frames_index"]]
-    return pa.table({
-        "frame_index": pa.array(index, pa.int32()),
-        "pts_s": pa.array([t for s in segments for t in s["frames_pts_s"]], pa.float64()),
-        "face_count": pa.array([c for s in segments for c in s["frames_face_count"]], pa.int16()),
-        "small_faces": pa.array([c for s in segments for c in s["frames_small_faces"]], pa.int16()),
-        "run_id": pa.array([run_id] * len(index), pa.string()),
-    }, schema=FRAMES_SCHEMA)
-
-
-def latest_records(root: str | Path | storage.Location) -> pa.Table:
-    """Per video, its latest record that was not a skip; reads only, so a report can use it on a read-only folder."""
-    listed = storage.list_files(storage.locate(root).child("videos"))
-    files = [loc for loc, _ in listed if loc.name.endswith(".parquet")]
-    if not files:
-        return VIDEOS_SCHEMA.empty_table()
-    table = pa.concat_tables([storage.read_table(f, schema=VIDEOS_SCHEMA) for f in files])
-    table = table.filter(pc.not_equal(table["status"], "skipped"))
-    table = table.sort_by([("video_id", "ascending"), ("finished_at", "descending")])
-    ids = table.column("video_id").to_numpy(zero_copy_only=False)
-    first = np.concatenate([[True], ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, bool)
-    return table.filter(pa.array(first))
-
-
 class ResultsStore:
-    """Reads and writes one RESULTS folder, local or at an object-store URI."""
+    """Writes one RESULTS folder, local or at an object-store URI. What counts as done is the views' rule."""
 
     def __init__(self, root: str | Path) -> None:
+        """Opens RESULTS for writing, creating its folders: call it once the run's checks have passed."""
         self.root = storage.locate(root)
         probe = self.root.child(".write-test")
         try:
             if self.root.remote:  # an unknown bucket, bad credentials, no endpoint: one line naming RESULTS
                 storage.stat(self.root)
             else:  # folders exist on disks only
-                for sub in ("faces", "frames", "videos", "runs"):
+                for sub in (*TABLES, "runs"):
                     Path(self.root.path, sub).mkdir(parents=True, exist_ok=True)
             storage.write_bytes(probe, b"")
             storage.delete(probe)
@@ -175,17 +91,13 @@ class ResultsStore:
         finally:
             storage.delete(path)
 
-    def latest_records(self) -> pa.Table:
-        return latest_records(self.root)
-
     def done(self, fingerprint: str) -> set[str]:
-        """Video ids whose latest run is ok with this config fingerprint."""
-        latest = self.latest_records()
-        mask = pc.and_(pc.equal(latest["status"], "ok"), pc.equal(latest["config_fingerprint"], fingerprint))
-        return set(latest.filter(mask).column("video_id").to_pylist())
+        """Video ids whose latest record is ok with this config fingerprint (the `videos` view's rule)."""
+        latest = query.latest_records(self.root)
+        return {r["video_id"] for r in latest.to_pylist() if r["status"] == OK and r["config_fingerprint"] == fingerprint}
 
     def write_video(self, video_id: str, run_id: str, faces: pa.Table, frames: pa.Table) -> None:
-        for name, table in (("faces", faces), ("frames", frames)):
+        for name, table in zip(PER_VIDEO_TABLES, (faces, frames)):
             storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), _parquet(table))
 
     def write_records(self, run_id: str, records: list[dict]) -> None:
@@ -194,7 +106,7 @@ class ResultsStore:
         storage.write_bytes(self.root.child("videos", f"{run_id}.parquet"), _parquet(table))
 
     def drop_superseded(self, video_id: str, run_id: str) -> None:
-        for name in ("faces", "frames"):
+        for name in PER_VIDEO_TABLES:
             for old, _ in storage.list_files(self.root.child(name, f"video_id={video_id}")):
                 if old.name.endswith(".parquet") and old.name != f"{run_id}.parquet":
                     storage.delete(old)

@@ -1,4 +1,4 @@
-"""Following each face through a video: ByteTrack-style track ids, and scores smoothed along each track.
+"""Following each face through a video: ByteTrack-style track ids.
 
 The driver runs this over one video's face rows in frame order once all its segments are in, so a
 track crosses segment boundaries like any other frame, and the ids do not depend on how many workers
@@ -138,21 +138,3 @@ def _renumber(numbers: np.ndarray, min_frames: int) -> np.ndarray:
     ids[inside] = np.searchsorted(kept, numbers[inside])
     return ids
 
-
-def smooth_scores(track_id: np.ndarray, pts_s: np.ndarray, probs: np.ndarray, smooth_s: float) -> np.ndarray:
-    """Each row's probabilities averaged over its track's rows within smooth_s/2 seconds either side.
-
-    A centred window (the whole video is at hand) so smoothing does not delay changes of expression;
-    a row in no track keeps its own scores. Rows must be in time order.
-    """
-    out = probs.astype(np.float32, copy=True)
-    if smooth_s <= 0:
-        return out
-    for tid in np.unique(track_id[track_id != NO_TRACK]):
-        rows = np.flatnonzero(track_id == tid)
-        t = pts_s[rows]
-        lo = np.searchsorted(t, t - smooth_s / 2, side="left")
-        hi = np.searchsorted(t, t + smooth_s / 2, side="right")
-        total = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs[rows], axis=0, dtype=np.float64)])
-        out[rows] = (total[hi] - total[lo]) / (hi - lo)[:, None]
-    return out

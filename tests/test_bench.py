@@ -6,7 +6,7 @@ import shutil
 
 import pyarrow.dataset as ds
 
-from jobs.bench import print_table, run_bench
+from pipeline.bench import print_table, run_bench
 
 
 def test_bench_figures_are_consistent(shared, test_config, tmp_path, capsys):

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +15,9 @@ from pipeline.results import ResultsStore
 from tests.conftest import ROOT, TEST_CONFIG
 
 
-def fervid(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def fervid(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
@@ -39,6 +41,7 @@ def test_missing_and_empty_input_folders(tmp_path):
     assert_one_line_error(fervid("run", tmp_path / "nope", "--out", tmp_path / "r"), "input folder not found")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(fervid("run", tmp_path / "empty", "--out", tmp_path / "r"), "no videos")
+    assert not (tmp_path / "r").exists()  # a run that cannot start creates nothing
 
 
 def test_bad_config_keys_and_values(one_video, tmp_path):
@@ -49,6 +52,9 @@ def test_bad_config_keys_and_values(one_video, tmp_path):
                                  "--set", "detector.threshold=2"), "detector.threshold")
     assert_one_line_error(fervid("run", one_video, "--out", out, "--config", tmp_path / "none.yaml"),
                           "config file not found")
+    assert_one_line_error(fervid("run", one_video, "--out", out, "--set", "classifier.runtime=onnxruntime",
+                                 "--set", "classifier.device=cuda"), "runs fp32 on the CPU only")
+    assert not out.exists()
 
 
 def test_unwritable_output(one_video, tmp_path):
@@ -66,6 +72,22 @@ def test_models_missing_offline_name_the_model_and_the_fix(one_video, tmp_path):
     result = fervid("run", one_video, "--out", out, "--config", TEST_CONFIG,
                     "--set", f"detector.model={tmp_path / 'missing.onnx'}")
     assert_one_line_error(result, "detector model not found")
+    assert not out.exists()
+
+
+def test_no_address_starts_a_ray_of_its_own_whatever_tmp_ray_says(one_video, tmp_path):
+    """A `ray start --head` that died without `ray stop` leaves /tmp/ray/ray_current_cluster behind; a plain
+    ray.init() would try to join it and hang for minutes."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fr", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # the discard port: nothing listens
+        env = {"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""}
+        result = fervid("run", one_video, "--out", tmp_path / "r", "--config", TEST_CONFIG, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "1 ok" in result.stdout and "Failed to connect to GCS" not in result.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_second_writer_is_refused(one_video, tmp_path):

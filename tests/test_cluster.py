@@ -26,8 +26,8 @@ import pyarrow as pa
 import pytest
 import ray
 
-from pipeline import graph
 from pipeline.config import load_config
+from pipeline.executor import connect
 from tests.conftest import ROOT, TEST_CONFIG
 from tests.test_run import assert_same_rows, records, table
 
@@ -126,14 +126,7 @@ def test_submitted_job_gives_the_rows_of_a_local_run_with_work_on_both_nodes(clu
 
 
 def test_stopping_a_submitted_job_leaves_only_complete_videos(cluster, shared, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copy(shared / "videos" / "single_face.mp4", videos / "0.mp4")  # done first; then the job is stopped
-    for k in (1, 2, 3):  # during these (100 sampled frames each; a trailing byte gives each its own content id)
-        copy = videos / f"{k}.mp4"
-        shutil.copy(shared / "videos" / "WolfgangLanger_Pexels.mp4", copy)
-        with copy.open("ab") as f:
-            f.write(b"\0" * k)
+    videos = _queue_of_videos(shared, tmp_path, copies=6)  # one done first; the job is stopped during the others
     out = tmp_path / "results"
     submitted = fervid("submit", videos, "--out", out, "--address", cluster.dashboard, "--config", TEST_CONFIG,
                        *PINNED, "--set", "classifier.batch_size=8", "--no-follow", env=cluster.env)  # commits early
@@ -144,7 +137,7 @@ def test_stopping_a_submitted_job_leaves_only_complete_videos(cluster, shared, t
     assert stopped.returncode == 130 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
     assert not list(out.rglob("*.tmp"))
     ok = {r["video_id"]: r for r in records(out).to_pylist() if r["status"] == "ok"}
-    assert 1 <= len(ok) < 4
+    assert 1 <= len(ok) < 7
     for name in ("faces", "frames"):  # every file on disk is a committed video's, and complete
         for path in (out / name).glob("video_id=*/*.parquet"):
             assert path.parent.name.removeprefix("video_id=") in ok, path
@@ -154,19 +147,21 @@ def test_stopping_a_submitted_job_leaves_only_complete_videos(cluster, shared, t
 
 
 def test_ctrl_c_over_ray_client_cancels_the_run_and_its_actors(cluster, shared, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copy(shared / "videos" / "WolfgangLanger_Pexels.mp4", videos)
+    videos = _queue_of_videos(shared, tmp_path, copies=6)
     out, log = tmp_path / "results", tmp_path / "stderr"
-    with log.open("w") as stderr:  # 20 fps: about 390 sampled frames, still running once its actors are up
+    with log.open("w") as stderr:
         run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", videos, "--out", out, "--address",
                                 cluster.client, "--config", TEST_CONFIG, *PINNED, "--set", "sampling.fps=20"],
                                cwd=ROOT, env=cluster.env, stdout=subprocess.DEVNULL, stderr=stderr)
-        _wait_for(lambda: _map_workers(cluster) > 0 or run.poll() is not None, 300)  # Ray Data is running
+        # The event: the first video committed, so Ray Data is running, with five videos of about 390 sampled
+        # frames each still to do on the cluster's one CPU per stage (minutes), whatever the machine's load.
+        _wait_for(lambda: _ok_videos(out) >= 1 or run.poll() is not None, 600)
+        assert run.poll() is None, log.read_text()[-3000:]
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 130, log.read_text()[-3000:]
     assert "fervid: interrupted" in log.read_text()
-    assert not [r for r in records(out).to_pylist() if r["status"] != "ok"]  # nothing recorded as failed
+    statuses = [r["status"] for r in records(out).to_pylist()]
+    assert 1 <= statuses.count("ok") < 7 and set(statuses) == {"ok"}  # nothing recorded as failed
     _wait_for(lambda: _map_workers(cluster) == 0, 60)
 
 
@@ -177,23 +172,23 @@ def test_a_cancelled_child_task_anywhere_in_the_chain_means_the_run_was_cancelle
         except Exception as e:  # Ray Data re-raising it from its executor
             raise RuntimeError("the executor stopped") from e
     except RuntimeError as e:
-        assert graph.cancelled(e)
-    assert not graph.cancelled(RuntimeError("a real failure"))
+        assert connect.cancelled(e)
+    assert not connect.cancelled(RuntimeError("a real failure"))
 
 
 _LOCAL_WORKER_ENV = """
 import os, ray
-from pipeline import graph
-graph.connect(None)
-seen = ray.get(ray.remote(lambda: {n: os.environ.get(n) for n in graph.WORKER_ENV}).remote())
-print(seen == graph.WORKER_ENV, ray.get_runtime_context().runtime_env == {})
+from pipeline.executor import connect
+connect.connect(None)
+seen = ray.get(ray.remote(lambda: {n: os.environ.get(n) for n in connect.WORKER_ENV}).remote())
+print(seen == connect.WORKER_ENV, ray.get_runtime_context().runtime_env == {})
 """
 
 
 def test_a_local_rays_workers_inherit_fervids_variables_without_a_runtime_env():
     """No runtime_env on a local Ray: with one, Ray would start new workers for the first tasks instead of
     using those it started with."""
-    env = {k: v for k, v in os.environ.items() if k not in graph.WORKER_ENV and k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in connect.WORKER_ENV and k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, "-c", _LOCAL_WORKER_ENV], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.stdout.split() == ["True", "True"], result.stderr[-2000:]
@@ -256,6 +251,20 @@ def test_gpu_check_runs_on_the_cpu_and_prints_its_table(cluster):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("classifier", "detector", "end to end", "GPU utilisation"):
         assert row in result.stdout, result.stdout
+
+
+def _queue_of_videos(shared: Path, tmp_path: Path, copies: int) -> Path:
+    """single_face.mp4 (done first: videos run in path order), then copies of WolfgangLanger_Pexels.mp4, each
+    with its own content id (trailing bytes): work that is still running when the first video is committed."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(shared / "videos" / "single_face.mp4", videos / "0.mp4")
+    for k in range(1, copies + 1):
+        copy = videos / f"{k}.mp4"
+        shutil.copy(shared / "videos" / "WolfgangLanger_Pexels.mp4", copy)
+        with copy.open("ab") as f:
+            f.write(b"\0" * k)
+    return videos
 
 
 def _two_videos(shared: Path, tmp_path: Path) -> Path:

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,9 @@ def test_ignore_missing_scores_the_matching_folders_and_lists_the_rest(shared, m
 
 def test_int8_classifier_agrees_with_fp32_on_fer2013(shared):
     model = str(shared / "models" / "vit-fer-tiny")
-    fp32 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1)
-    int8 = EmotionClassifier(model, device="cpu", batch_size=128, threads=1, quantize="int8")
+    fp32 = EmotionClassifier.from_config(ClassifierConfig(model=model, device="cpu", batch_size=128, threads=1))
+    int8 = EmotionClassifier.from_config(ClassifierConfig(model=model, device="cpu", batch_size=128, threads=1,
+                                                          quantize="int8"))
     quantized = {name for name, module in int8.scorer.model.named_modules() if "quantized" in type(module).__module__}
     assert quantized and all("mlp" in name for name in quantized)  # feed-forward only: attention and head stay fp32
     paths = sorted((shared / "fer2013" / "test").glob("*/PublicTest_*.jpg"))[::3]
@@ -95,16 +97,18 @@ def test_int8_classifier_agrees_with_fp32_on_fer2013(shared):
 
 def test_onnx_runtime_scores_as_torch_does_and_starts_without_torch(shared):
     model = str(shared / "models" / "vit-fer-tiny")
-    onnx = EmotionClassifier(model, device="cpu", batch_size=64, threads=1)  # exported on first use on a machine
-    reference = EmotionClassifier(model, device="cpu", batch_size=64, threads=1, runtime="torch")
-    assert (onnx.runtime, reference.runtime) == ("onnxruntime", "torch")
+    settings = ClassifierConfig(model=model, device="cpu", batch_size=64, threads=1)
+    onnx = EmotionClassifier.from_config(settings)  # exported on first use on a machine
+    reference = EmotionClassifier.from_config(replace(settings, runtime="torch"))
+    assert (onnx.placement.runtime, reference.placement.runtime) == ("onnxruntime", "torch")
     paths = sorted((shared / "fer2013" / "test").glob("*/PublicTest_*.jpg"))[::10]
     crops = np.stack([load_image(p, onnx.input_size) for p in paths])
     scores, expected = onnx.predict(crops), reference.predict(crops)
     assert len(crops) == 359 and len(crops) % 64  # a last batch of another size too
     assert np.abs(scores - expected).max() < 1e-4 and (scores.argmax(1) == expected.argmax(1)).all()
     # a new actor loads the exported graph and never imports torch or transformers
-    code = ("import sys; from pipeline.classify import EmotionClassifier; c = EmotionClassifier(sys.argv[1], device='cpu'); "
-            "print(c.runtime, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    code = ("import sys; from pipeline.classify import EmotionClassifier; from pipeline.config import ClassifierConfig; "
+            "c = EmotionClassifier.from_config(ClassifierConfig(model=sys.argv[1])); "
+            "print(c.placement.runtime, 'torch' in sys.modules, 'transformers' in sys.modules)")
     fresh = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, cwd=ROOT, check=True)
     assert fresh.stdout.split() == ["onnxruntime", "False", "False"]

@@ -63,7 +63,7 @@ def test_new_labels_give_a_model_that_eval_and_run_load(shared, three_labels, tm
     run = Runner(videos, tmp_path / "results", config, show_progress=False).run()
     assert run.counts["ok"] == 1 and run.faces > 0
     faces = ds.dataset(tmp_path / "results" / "faces", format="parquet", partitioning="hive").to_table()
-    assert [c for c in faces.column_names if c.startswith("p_") and not c.endswith("_smooth")] == \
+    assert [c for c in faces.column_names if c.startswith("p_")] == \
         ["p_Calm", "p_Happy", "p_Sad"]
     assert set(faces["emotion"].to_pylist()) <= {"Calm", "Happy", "Sad"}
 

@@ -17,8 +17,11 @@ from pipeline import query
 from pipeline.cli import main
 from pipeline.decode import probe
 from pipeline.errors import FervidError
-from pipeline.report import THUMB_PX, emotion_colours, labels_of
-from pipeline.results import VIDEOS_SCHEMA, ResultsStore, latest_records
+from pipeline.presentation import emotion_colours, labels_of
+from pipeline.query import latest_records
+from pipeline.report import THUMB_PX
+from pipeline.results import ResultsStore
+from pipeline.schema import VIDEOS_SCHEMA
 
 CHROMIUM = shutil.which("chromium")
 # As root and offline: no sandbox, and no background connections that the closed network refuses.

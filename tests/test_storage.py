@@ -25,10 +25,10 @@ import pytest
 from pipeline import storage
 from pipeline.cli import main
 from pipeline.errors import FervidError
+from pipeline.executor.submit import cluster_paths
 from pipeline.models import file_digest
 from pipeline.results import ResultsStore
 from pipeline.runner import Runner, RunSummary
-from pipeline.submit import cluster_paths
 from tests.conftest import TEST_CONFIG
 from tests.test_run import assert_same_rows, records
 

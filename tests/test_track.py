@@ -11,9 +11,10 @@ import pytest
 
 from pipeline.config import TrackingConfig, load_config
 from pipeline.errors import FervidError
-from pipeline.results import faces_table
+from pipeline.finalize import faces_table
 from pipeline.runner import Runner
-from pipeline.track import NO_TRACK, smooth_scores, track_faces
+from pipeline.schema import faces_schema
+from pipeline.track import NO_TRACK, track_faces
 from tests.conftest import TEST_CONFIG
 from tests.media import read_photo, write_video
 from tests.test_run import video_rows
@@ -73,22 +74,7 @@ def test_ids_follow_first_appearance_and_skip_dropped_tracks():
         NO_TRACK, 0, NO_TRACK, 0, NO_TRACK, 0, NO_TRACK]
 
 
-def test_smoothing_averages_along_each_track_only():
-    pts = np.arange(8) / FPS
-    track_id = np.array([0, 0, 0, 0, 1, 1, NO_TRACK, 0])
-    probs = np.zeros((8, 2))
-    probs[:, 0] = [1, 1, 0, 0, 1, 1, 1, 0]
-    probs[:, 1] = 1 - probs[:, 0]
-    smooth = smooth_scores(track_id, pts, probs, smooth_s=0.5)  # each row with its neighbours 0.2 s either side
-    assert smooth.dtype == np.float32
-    assert np.allclose(smooth[:4, 0], [1, 2 / 3, 1 / 3, 0])
-    assert np.allclose(smooth[7], [0, 1])  # its track's previous row is 0.8 s away
-    assert np.allclose(smooth[4:7], probs[4:7])  # a constant track and a row in no track keep their scores
-    assert np.allclose(smooth.sum(axis=1), 1)
-    assert np.array_equal(smooth_scores(track_id, pts, probs, smooth_s=0), probs.astype(np.float32))
-
-
-def test_faces_table_with_tracking_off_has_null_tracks_and_smooth_scores():
+def test_faces_table_with_tracking_off_has_null_tracks_and_the_same_columns():
     frame_index, pts, xyxy, score = boxes_over_time(np.array([[[100.0, 100.0]]] * 3))
     rows = pa.table({
         "frame_index": pa.array(frame_index, pa.int32()), "pts_s": pts, "face_index": pa.array([0] * 3, pa.int16()),
@@ -96,12 +82,13 @@ def test_faces_table_with_tracking_off_has_null_tracks_and_smooth_scores():
         "det_score": pa.array(score, pa.float32()), "landmarks": pa.array([[0.0] * 10] * 3, pa.list_(pa.float32(), 10)),
         "p_happy": pa.array([0.2, 0.4, 0.9], pa.float32()), "p_sad": pa.array([0.8, 0.6, 0.1], pa.float32()),
     })
-    on = faces_table(rows, ["happy", "sad"], "run", TrackingConfig(smooth_s=10))
+    on = faces_table(rows, ["happy", "sad"], "run", TrackingConfig())
     assert on["track_id"].to_pylist() == [0, 0, 0]
-    assert np.allclose(on["p_happy_smooth"].to_numpy(), 0.5)
+    assert on["emotion"].to_pylist() == ["sad", "sad", "happy"]
+    assert np.allclose(on["confidence"].to_numpy(), [0.8, 0.6, 0.9])
     off = faces_table(rows, ["happy", "sad"], "run", TrackingConfig(enabled=False))
-    assert off.schema == on.schema
-    assert off["track_id"].null_count == 3 and off["p_sad_smooth"].null_count == 3
+    assert off.schema == on.schema == faces_schema(["happy", "sad"])
+    assert off["track_id"].null_count == 3 and off.drop_columns(["track_id"]).equals(on.drop_columns(["track_id"]))
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -119,7 +106,7 @@ def test_bad_tracking_settings_are_clear_errors(setting, message):
 def test_tracking_settings_change_the_fingerprint(shared, test_config):
     base = test_config.fingerprint()
     assert load_config(TEST_CONFIG, ["tracking.enabled=false"]).tracking.enabled is False
-    for change in ({"enabled": False}, {"smooth_s": 2.0}, {"match_iou": 0.5}, {"max_gap_s": 0.5}):
+    for change in ({"enabled": False}, {"min_frames": 3}, {"match_iou": 0.5}, {"max_gap_s": 0.5}):
         assert replace(test_config, tracking=replace(test_config.tracking, **change)).fingerprint() != base
 
 
@@ -184,18 +171,13 @@ def test_track_ids_do_not_depend_on_workers_or_segments(pan_runs):
                      for out in pan_runs)
     assert len(first) == len(second) > 0
     assert first.track_id.tolist() == second.track_id.tolist()
-    smooth = [c for c in first.columns if c.endswith("_smooth")]
-    assert np.allclose(first[smooth].to_numpy(), second[smooth].to_numpy(), atol=1e-5)
+    scores = [c for c in first.columns if c.startswith("p_")]
+    assert np.allclose(first[scores].to_numpy(), second[scores].to_numpy(), atol=1e-5)
 
 
-def test_single_face_is_one_track_with_smoothed_scores(analysed):
+def test_single_face_is_one_track(analysed):
     faces = video_rows(analysed, "faces", "single_face.mp4")
     assert len(faces) == 12 and (faces.track_id == 0).all()
-    raw = faces[[c for c in faces.columns if c.startswith("p_") and not c.endswith("_smooth")]].to_numpy()
-    smooth = faces[[c for c in faces.columns if c.endswith("_smooth")]].to_numpy()
-    assert smooth.shape == raw.shape and np.allclose(smooth.sum(axis=1), 1, atol=1e-4)
-    assert (smooth.min(axis=0) >= raw.min(axis=0) - 1e-6).all() and (smooth.max(axis=0) <= raw.max(axis=0) + 1e-6).all()
-    assert np.abs(np.diff(smooth, axis=0)).max() < np.abs(np.diff(raw, axis=0)).max()
 
 
 @pytest.mark.parametrize("name, face_first", [("face_noface.mov", True), ("noface_face.mov", False)])

@@ -10,7 +10,7 @@ from pipeline.query import connect
 
 def test_tracks_view_matches_the_faces_table(analysed):
     faces = ds.dataset(analysed / "faces", format="parquet", partitioning="hive").to_table().to_pandas()
-    labels = [c[2:] for c in faces.columns if c.startswith("p_") and not c.endswith("_smooth")]
+    labels = [c[2:] for c in faces.columns if c.startswith("p_")]
     tracks = connect(analysed).sql("SELECT * FROM tracks").df()
     tracked = faces.dropna(subset=["track_id"])
     assert len(tracks) == tracked.groupby(["video_id", "track_id"]).ngroups > 0

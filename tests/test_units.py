@@ -17,6 +17,7 @@ from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.errors import FervidError
 from pipeline.plan import decode_size, discover, plan_segments
 from pipeline.progress import Progress, StatusLine
+from pipeline.schema import Segment
 from tests.conftest import ROOT
 from tests.media import write_video
 
@@ -87,10 +88,11 @@ def test_segments_cover_the_sampled_frames_once():
     pts = np.arange(0, 25, 1 / 25)
     info = VideoInfo("decord", len(pts), 25.0, 25.0, 640, 360, 0, pts)
     segments = plan_segments("vid", "/x.mp4", info, SamplingConfig(fps=5, segment_s=10))
-    assert [s["segment_index"] for s in segments] == [0, 1, 2]
-    frames = [i for s in segments for i in s["frame_index"]]
+    assert [s.segment_index for s in segments] == [0, 1, 2]
+    frames = [i for s in segments for i in s.frame_index]
     assert frames == sorted(set(frames)) and len(frames) == 125
-    assert max(segments[0]["pts_s"]) < 10 <= min(segments[1]["pts_s"])
+    assert max(segments[0].pts_s) < 10 <= min(segments[1].pts_s)
+    assert all(Segment.from_row(s.to_row()) == s for s in segments)  # as the executor hands it to a stage
 
 
 def test_discover_is_recursive_case_blind_and_survives_link_loops(tmp_path):
@@ -203,14 +205,14 @@ def test_probe_rejects_audio_only(tmp_path):
 
 
 def test_faces_under_min_face_px_are_counted_not_classified(shared):
-    from pipeline.config import SamplingConfig
+    from pipeline.config import CropConfig, DetectorConfig, SamplingConfig
     from pipeline.stages import FACE, DecodeDetectCrop
 
     path = str(shared / "videos" / "single_face.mp4")
     segment = plan_segments("v", path, probe(path), SamplingConfig(segment_s=100.0))[0]
-    detector = {"model_path": str(shared / "models" / "scrfd_500m_bnkps.onnx"), "device": "cpu"}
+    model = str(shared / "models" / "scrfd_500m_bnkps.onnx")
     for min_face_px, faces, small in ((0, 1, 0), (10_000, 0, 1)):
-        stage = DecodeDetectCrop({**detector, "min_face_px": min_face_px}, margin=0.2, crop_size=48)
+        stage = DecodeDetectCrop(DetectorConfig(min_face_px=min_face_px), model, CropConfig(), crop_size=48)
         rows = stage.segment_rows(segment)
         closing = rows[-1]
         assert sum(row["kind"] == FACE for row in rows) == 12 * faces
@@ -218,17 +220,17 @@ def test_faces_under_min_face_px_are_counted_not_classified(shared):
 
 
 def test_scaled_decoding_keeps_boxes_in_source_pixels(shared, tmp_path):
-    from pipeline.config import SamplingConfig
+    from pipeline.config import CropConfig, DetectorConfig, SamplingConfig
     from pipeline.stages import DecodeDetectCrop
 
     frames = [f for _, f in read_frames(str(shared / "videos" / "single_face.mp4"), "decord", range(0, 72, 6))]
     path = str(write_video(tmp_path / "hd.mp4", (cv2.resize(f, (1280, 720)) for f in frames), fps=5))
-    stage = DecodeDetectCrop({"model_path": str(shared / "models" / "scrfd_500m_bnkps.onnx"), "device": "cpu"},
-                             margin=0.2, crop_size=48)
+    stage = DecodeDetectCrop(DetectorConfig(), str(shared / "models" / "scrfd_500m_bnkps.onnx"), CropConfig(),
+                             crop_size=48)
     boxes = {}
     for max_side in (None, 640):
         segment = plan_segments("v", path, probe(path), SamplingConfig(segment_s=100.0, decode_max_side=max_side))[0]
-        assert segment["decode_size"] == (None if max_side is None else [640, 360])
+        assert segment.decode_size == (None if max_side is None else (640, 360))
         boxes[max_side] = np.array([[r[k] for k in ("x1", "y1", "x2", "y2")] for r in stage.segment_rows(segment)[:-1]])
     assert boxes[None].shape == boxes[640].shape == (12, 4)
     assert np.abs(boxes[640] - boxes[None]).max() < 6  # pixels of the 1280x720 source

@@ -1,7 +1,7 @@
 """`fervid run --address ray://HEAD:10001`: the whole run as one Ray task inside the cluster, over Ray Client.
 
 Ray Data does not run over Ray Client (ray-project/ray#48682): its executor needs a process of the
-cluster's own. So the client only connects (graph.connect carries this copy of fervid's code) and runs
+cluster's own. So the client only connects (connect carries this copy of fervid's code) and runs
 Runner.run as a task that asks for no CPU, so it keeps no worker slot from the run's own actors. The
 task's progress lines reach the client through Ray Client's log streaming, its RunSummary comes back
 as its result. Videos and results are paths on the cluster's nodes or URIs, as for `fervid submit`.
@@ -9,18 +9,18 @@ as its result. Videos and results are paths on the cluster's nodes or URIs, as f
 
 from __future__ import annotations
 
-from pipeline import graph
 from pipeline.config import Config
 from pipeline.errors import FervidError
+from pipeline.executor.connect import cluster_address, connect
+from pipeline.executor.submit import cluster_paths
 from pipeline.runner import Runner, RunSummary
-from pipeline.submit import cluster_paths
 
 STOP_WAIT_S = 60.0  # after Ctrl-C: how long to wait for the cancelled run to end, so it lets go of RESULTS
 
 
 def over_client(address: str | None) -> bool:
     """Whether address (or RAY_ADDRESS) is a Ray Client address, ray://HOST:PORT."""
-    return (graph.cluster_address(address) or "").startswith("ray://")
+    return (cluster_address(address) or "").startswith("ray://")
 
 
 def run_in_cluster(videos: str, out: str, config: Config, address: str | None, force: bool = False,
@@ -32,7 +32,7 @@ def run_in_cluster(videos: str, out: str, config: Config, address: str | None, f
     import ray
 
     videos, out = cluster_paths(videos, out)
-    graph.connect(address)
+    connect(address)
     # max_retries=0: a run whose process dies fails here, as a local one would; running it again resumes it
     run = ray.remote(num_cpus=0, max_retries=0, name="fervid run")(_run).remote(videos, out, config, force, show_progress)
     try:

@@ -25,7 +25,7 @@ import yaml
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.errors import FervidError
-from pipeline.graph import CODE_EXCLUDES, project_code
+from pipeline.executor.connect import CODE_EXCLUDES, project_code
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -97,3 +97,14 @@ def wait(client: JobSubmissionClient, job_id: str, timeout_s: float | None = Non
 def describe(job: JobDetails) -> str:
     """One line: id, status, and Ray's message about it."""
     return f"job {job.submission_id}: {job.status.value}" + (f" ({job.message.strip()})" if job.message else "")
+
+
+def exit_code(job: JobDetails, stopped: int, failed: int) -> int:
+    """0 succeeded, `stopped` stopped, else the entrypoint's own exit status (3: some videos failed), or `failed`."""
+    from ray.job_submission import JobStatus
+
+    if job.status == JobStatus.SUCCEEDED:
+        return 0
+    if job.status == JobStatus.STOPPED:
+        return stopped
+    return job.driver_exit_code if job.driver_exit_code and job.driver_exit_code > 0 else failed

@@ -1,0 +1,85 @@
+"""Finalising one complete video: its segments' rows become the `faces` and `frames` tables.
+
+Tracking needs the whole video's rows in frame order, which is why it runs here, once all segments are
+in, and not in the stages. Plain Python over Arrow: no executor, no storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.assemble import CompletedVideo
+from pipeline.config import TrackingConfig
+from pipeline.schema import FACE_BOX, FRAMES_SCHEMA, faces_schema, score_columns, scored_schema
+from pipeline.track import NO_TRACK, track_faces
+
+
+@dataclass
+class FinishedVideo:
+    """A video ready to commit (error None) or to record as failed (error set, no tables)."""
+
+    video_id: str
+    faces: pa.Table | None = None
+    frames: pa.Table | None = None
+    error: str | None = None  # why the video failed
+    note: str | None = None  # what an ok video lost on the way (undecodable frames)
+    small_faces: int = 0  # faces under detector.min_face_px, counted but not classified
+
+
+def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: TrackingConfig) -> FinishedVideo:
+    """The video's tables, or why it failed: a segment that failed fails the video whole."""
+    segments = list(video.segments.values())
+    errors = [s["error"] for s in segments if s["error"]]
+    if errors:
+        return FinishedVideo(video.video_id, error=errors[0])
+    frames = frames_table(segments, run_id)
+    lost = sum(s["frames_lost"] or 0 for s in segments)
+    if not len(frames):
+        return FinishedVideo(video.video_id, error=f"none of the {lost} sampled frames could be decoded")
+    # a damaged stretch costs only its frames; the video is ok and says what was lost
+    note = f"{lost} of {lost + len(frames)} sampled frames could not be decoded and were skipped" if lost else None
+    rows = pa.concat_tables(video.faces) if video.faces else scored_schema(labels).empty_table()
+    return FinishedVideo(video.video_id, faces_table(rows, labels, run_id, tracking), frames, note=note,
+                         small_faces=int(np.sum(frames["small_faces"].to_numpy())))
+
+
+def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig) -> pa.Table:
+    """One video's scored face rows -> the `faces` table: in frame order, with tracks, argmax label, confidence."""
+    rows = rows.sort_by([("frame_index", "ascending"), ("face_index", "ascending")])
+    scores = score_columns(labels)
+    probs = np.column_stack([rows[c].to_numpy() for c in scores]) if len(rows) else np.zeros((0, len(labels)))
+    best = probs.argmax(axis=1)
+    if tracking.enabled:
+        xyxy = np.column_stack([rows[c].to_numpy() for c in FACE_BOX]).reshape(-1, 4)
+        ids = track_faces(rows["frame_index"].to_numpy(), rows["pts_s"].to_numpy(), xyxy,
+                          rows["det_score"].to_numpy(), tracking)
+        track_id = pa.array(ids, pa.int32(), mask=ids == NO_TRACK)
+    else:
+        track_id = pa.nulls(len(rows), pa.int32())
+    schema = faces_schema(labels)
+    columns = {
+        **{name: rows[name] for name in schema.names if name in rows.column_names},
+        "track_id": track_id,
+        "emotion": pa.array(np.asarray(labels, dtype=object)[best] if len(rows) else [], pa.string()),
+        "confidence": pa.array(probs[np.arange(len(rows)), best], pa.float32()),
+        "run_id": pa.array([run_id] * len(rows), pa.string()),
+    }
+    return pa.table({name: columns[name] for name in schema.names}).cast(schema)
+
+
+def frames_table(segments: list[dict], run_id: str) -> pa.Table:
+    """One video's closing segment rows (in segment order) -> the `frames` table, one row per sampled frame."""
+    def joined(column: str) -> list:
+        return [value for s in segments for value in s[column]]
+
+    index = joined("frames_index")
+    return pa.table({
+        "frame_index": pa.array(index, pa.int32()),
+        "pts_s": pa.array(joined("frames_pts_s"), pa.float64()),
+        "face_count": pa.array(joined("frames_face_count"), pa.int16()),
+        "small_faces": pa.array(joined("frames_small_faces"), pa.int16()),
+        "run_id": pa.array([run_id] * len(index), pa.string()),
+    }, schema=FRAMES_SCHEMA)
