@@ -31,6 +31,7 @@ from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.models import resolve_classifier, resolve_detector
 from pipeline.plan import decode_size, discover
+from pipeline.schema import OK
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_REPEAT = 8  # about 5 minutes of video: long enough that fervid's fixed start-up is not most of the run
@@ -158,7 +159,7 @@ def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
     spilled = connect.spilled_mib()
     connect.shutdown()
     return {
-        "videos_ok": summary.counts["ok"], "frames": summary.frames, "faces": summary.faces,
+        "videos_ok": summary.counts[OK], "frames": summary.frames, "faces": summary.faces,
         "wall_s": summary.wall_s, "frames_per_s": summary.frames / summary.wall_s,
         "faces_per_s": summary.faces / summary.wall_s, "first_result_s": summary.first_result_s,
         "first_result_frames": summary.first_result_frames,

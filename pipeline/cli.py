@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.executor import client
     from pipeline.runner import Runner
+    from pipeline.schema import FAILED
 
     config = load_config(args.config, args.overrides)
     if client.over_client(args.address):
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
                          show_progress=not args.quiet).run()
     print(summary.line())
-    return EXIT_SOME_FAILED if summary.counts["failed"] else 0
+    return EXIT_SOME_FAILED if summary.counts[FAILED] else 0
 
 
 JOBS_ADDRESS_HELP = ("the cluster's dashboard, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, else "

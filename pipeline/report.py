@@ -26,7 +26,7 @@ from pipeline.crop import square_crops
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
 from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
-from pipeline.schema import score_column
+from pipeline.schema import OK, score_column
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 THUMB_PX = 128
@@ -61,7 +61,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         raise FervidError(f"cannot write the report to {out}: {e.strerror}") from None
     env = _environment()
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] == OK:
             page = _video_page(con, root, out, row, labels, colours)
             _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
     _write(out / "index.html", env.get_template("index.html").render(rows=rows, colours=colours, results=root.uri))
