@@ -30,7 +30,8 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
     A sampled frame that no longer decodes is left out, as the run left it out of the analysis.
     """
     con = query.connect(results_dir)
-    record = find_videos(con.sql("SELECT * FROM videos").to_dicts(), [video], "the videos analysed successfully")[0]
+    record = find_videos(con, con.sql("SELECT * FROM videos").to_dicts(), [video],
+                         "the videos analysed successfully")[0]
     problem = source_problem(record["path"], record["size_bytes"])
     if problem:
         raise FervidError(f"cannot annotate: {problem}")

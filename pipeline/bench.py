@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, InputsConfig, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.models import resolve_classifier, resolve_detector
@@ -41,7 +41,7 @@ def make_workload(source: Path, repeat: int, folder: Path) -> list[Path]:
     """`repeat` copies of every video in source; a few trailing bytes give each copy its own content id."""
     paths = []
     for k in range(repeat):
-        for video in discover(source):
+        for video in discover(source, InputsConfig()).videos:
             copy = folder / f"{k:03d}_{video.path.name}"
             shutil.copyfile(video.path, copy)
             with copy.open("ab") as f:

@@ -166,7 +166,7 @@ def _export(spec: ClassifierSpec, revision: str | None, path: Path) -> None:
                               dynamic_axes={"pixels": {0: "faces"}, "probabilities": {0: "faces"}},
                               opset_version=17, dynamo=False)
     except Exception as e:  # the exporter raises many kinds for operators it cannot map
-        raise FervidError(f"classifier model '{spec.source}' could not be exported to ONNX ({first_line(e)[:160]}); "
+        raise FervidError(f"classifier model '{spec.source}' could not be exported to ONNX ({first_line(e, 160)}); "
                           "set classifier.runtime: torch") from None
 
 

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.errors import FervidError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 1, 3, 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.progress import Console
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.console = console = Console()  # `fervid run` sends everything but fervid's own lines to a log
     try:
         return args.handler(args)
     except FervidError as e:
-        print(f"fervid: error: {e}", file=sys.stderr)
+        print(f"fervid: error: {e}", file=console.err)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("fervid: interrupted; videos already committed are kept, re-run to finish the rest", file=sys.stderr)
+        print("fervid: interrupted; videos already committed are kept, re-run to finish the rest", file=console.err)
         return EXIT_INTERRUPTED
 
 
@@ -62,7 +69,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared by `fervid run` and the `python -m jobs.analyze` Ray job entry point."""
-    parser.add_argument("videos", help="folder of videos (searched recursively), one video file, or a URI "
+    parser.add_argument("videos", help="folder of videos (searched recursively), one video file, a list of them "
+                        "(LIST.txt: a path or URI per line; LIST.csv: a path column), or a URI "
                         "(s3://bucket/prefix/, gs://...)")
     parser.add_argument("--out", required=True, help="results folder (created if missing) or URI")
     parser.add_argument("--config", help="YAML run configuration (default: built-in production defaults)")
@@ -71,24 +79,43 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join: HEAD:6379 from a node of the cluster, or "
                         "ray://HEAD:10001 (Ray Client) from anywhere, or auto for the cluster started on this machine "
                         "(default: RAY_ADDRESS, else a Ray of fervid's own)")
+    add_input_arguments(parser)
     parser.add_argument("--force", action="store_true", help="redo videos already analysed with this config")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, what in (("include", "only videos whose path under VIDEOS matches (* crosses folders)"),
+                       ("exclude", "leave out videos whose path under VIDEOS matches")):
+        parser.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB",
+                            help=f"{what}; repeatable, added to inputs.{flag}")
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    """The run configuration: --config, then --set, then --include and --exclude."""
     from pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    config.inputs.include += args.include
+    config.inputs.exclude += args.exclude
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.executor import client
     from pipeline.runner import Runner
     from pipeline.schema import FAILED
 
-    config = load_config(args.config, args.overrides)
+    config = load_run_config(args)
     if client.over_client(args.address):
         summary = client.run_in_cluster(args.videos, args.out, config, args.address, force=args.force,
                                         show_progress=not args.quiet)
     else:
         summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
-                         show_progress=not args.quiet).run()
-    print(summary.line())
+                         show_progress=not args.quiet, console=args.console).run()
+    print(summary.line(), file=args.console.out)
+    if summary.log:
+        print(f"Ray's, FFmpeg's and the workers' own messages: {summary.log}", file=args.console.err)
     return EXIT_SOME_FAILED if summary.counts[FAILED] else 0
 
 
@@ -107,14 +134,14 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one setting, e.g. --set classifier.num_gpus=0.5 (repeatable)")
     parser.add_argument("--address", help=JOBS_ADDRESS_HELP)
     parser.add_argument("--force", action="store_true", help="redo videos already analysed with this config")
+    add_input_arguments(parser)
     parser.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
     from pipeline.executor import submit
 
-    config = load_config(args.config, args.overrides)
+    config = load_run_config(args)
     with submit.jobs_api(args.address) as client:
         job_id = submit.submit(client, args.videos, args.out, config, force=args.force)
         print(job_id, flush=True)
@@ -167,6 +194,8 @@ def add_query_arguments(parser: argparse.ArgumentParser) -> None:
                         help="table (default; long results show their first and last rows), csv, json (one object "
                              "per line) or parquet (needs --output)")
     parser.add_argument("-o", "--output", help="write the result to this file instead of standard output")
+    parser.add_argument("--max-width", type=int, metavar="COLS", help="fit a table into COLS characters by "
+                        "leaving columns out (default: every column, however wide)")
     parser.add_argument("--print-views", action="store_true",
                         help="print the view definitions for this folder, to use from any DuckDB client")
 
@@ -186,7 +215,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                 sql = f.read()
         except OSError as e:
             raise FervidError(f"cannot read {args.file}: {e.strerror}") from None
-    query.run_query(args.results, sql, args.format, args.output)
+    query.run_query(args.results, sql, args.format, args.output, args.max_width)
     return 0
 
 

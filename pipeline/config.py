@@ -19,6 +19,17 @@ import yaml
 from pipeline.classify import place_classifier
 from pipeline.errors import FervidError
 
+# Containers FFmpeg commonly reads: camera, phone, broadcast, web and dataset formats.
+VIDEO_EXTENSIONS = [".3g2", ".3gp", ".asf", ".avi", ".f4v", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg",
+                    ".mpg", ".mts", ".mxf", ".ogv", ".ts", ".vob", ".webm", ".wmv"]
+
+
+@dataclass
+class InputsConfig:
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))  # file endings taken, any case
+    include: list[str] = field(default_factory=list)  # globs over the path under VIDEOS; none: every video
+    exclude: list[str] = field(default_factory=list)  # globs over the path under VIDEOS: left out
+
 
 @dataclass
 class SamplingConfig:
@@ -75,6 +86,7 @@ class TrackingConfig:
 
 @dataclass
 class Config:
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     crop: CropConfig = field(default_factory=CropConfig)
@@ -123,12 +135,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise FervidError(f"config {path} must be a mapping of sections")
         base = path.resolve().parent
-    config = _build(Config, raw, "")
+    config = _build(Config, _sampling_choice(raw, "in the config file"), "")
     _resolve_model_paths(config, base)
+    given: dict[str, Any] = {}
     for item in overrides or []:
-        _apply_override(config, item)
+        key, given[key] = _apply_override(config, item)
+    _sampling_choice({"sampling": {key: value for key, value in given.items() if key in SAMPLING_MODES}}, "with --set")
     _check(config)
     return config
+
+
+SAMPLING_MODES = ("fps", "every_n_frames")  # sample by time or by count: the one a user sets wins
+
+
+def _sampling_choice(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """raw with the sampling mode it sets chosen over the other's default; both set to values is an error."""
+    sampling = raw.get("sampling")
+    if not isinstance(sampling, dict):
+        return raw
+    if all(sampling.get(mode) is not None for mode in SAMPLING_MODES):
+        raise FervidError(f"sampling.fps and sampling.every_n_frames are both set {where}: set one of them "
+                          "(or the other to null)")
+    chosen = [mode for mode in SAMPLING_MODES if sampling.get(mode) is not None]
+    others = {mode: None for mode in SAMPLING_MODES if chosen and mode != chosen[0] and mode not in sampling}
+    return {**raw, "sampling": {**sampling, **others}}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
@@ -149,6 +179,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     """Check one value against its type hint; ints are accepted where floats are expected."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise FervidError(f"config key '{key}' must be a list, got {value!r}")
+        (item_type,) = typing.get_args(hint)
+        return [_coerce(item_type, item, key) for item in value]
     if typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             raise FervidError(f"config key '{key}' must be a mapping, got {value!r}")
@@ -170,7 +205,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise FervidError(f"config key '{key}' must be {names}, got {value!r}")
 
 
-def _apply_override(config: Config, item: str) -> None:
+def _apply_override(config: Config, item: str) -> tuple[str, Any]:
+    """Apply one `section.name=value`; returns (name, value). Setting one sampling mode clears the other."""
     if "=" not in item:
         raise FervidError(f"--set takes key=value, got '{item}'")
     key, text = item.split("=", 1)
@@ -182,8 +218,11 @@ def _apply_override(config: Config, item: str) -> None:
     if not dataclasses.is_dataclass(section):
         raise FervidError(f"unknown config section '{section_name}' in --set {item}")
     value = yaml.safe_load(text) if text.strip() else None
-    rebuilt = _build(type(section), {**dataclasses.asdict(section), name: value}, section_name)
-    setattr(config, section_name, rebuilt)
+    values = {**dataclasses.asdict(section), name: value}
+    if section_name == "sampling" and name in SAMPLING_MODES and value is not None:
+        values.update({mode: None for mode in SAMPLING_MODES if mode != name})
+    setattr(config, section_name, _build(type(section), values, section_name))
+    return name if section_name == "sampling" else f"{section_name}.{name}", value
 
 
 def _resolve_model_paths(config: Config, base: Path) -> None:
@@ -196,6 +235,9 @@ def _resolve_model_paths(config: Config, base: Path) -> None:
 
 def _check(config: Config) -> None:
     s, d, c = config.sampling, config.detector, config.classifier
+    odd = [e for e in config.inputs.extensions if not (e.startswith(".") and len(e) > 1 and "/" not in e)]
+    if odd or not config.inputs.extensions:
+        raise FervidError(f"inputs.extensions must be file endings such as .mp4, got {odd or 'none'}")
     if (s.fps is None) == (s.every_n_frames is None):
         raise FervidError("set exactly one of sampling.fps and sampling.every_n_frames (the other to null)")
     if s.fps is not None and s.fps <= 0:

@@ -6,12 +6,16 @@ sampled frame's index and pts_s always describe the pixels that were analysed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import FervidError, first_line
+
+if TYPE_CHECKING:
+    import av
 
 READ_CHUNK = 16  # frames decord decodes in one call: a damaged chunk is retried frame by frame
 HELD_BYTES = 512 * 2**20  # decoded frames held before they are handed on (a 10 s segment of 1080p at 5 fps: 311 MiB)
@@ -91,6 +95,8 @@ def _decord_timestamps(path: str) -> np.ndarray:
 
     reader = decord.VideoReader(path, num_threads=1)
     n = len(reader)
+    if n:
+        reader[0]  # decord opens some files it cannot decode (MPEG-TS: .ts, .mts, .m2ts): PyAV takes those
     return reader.get_frame_timestamp(range(n))[:, 0].astype(np.float64) if n else np.zeros(0)
 
 
@@ -153,7 +159,12 @@ def _read_decord(path: str, indices: list[int], size: Sequence[int] | None) -> I
 
 def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None,
                pts_s: Sequence[float] | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Frames matched by presentation timestamp; packets that fail to decode are skipped."""
+    """Frames matched by presentation timestamp; packets that fail to decode are skipped.
+
+    The read starts from a seek to the first wanted frame. Where the seek lands past it (MPEG-TS files
+    without an index, seen: every seek but to 0 yields nothing), the frames still wanted are read again
+    from the start of the file.
+    """
     import av
 
     with av.open(path) as container:
@@ -163,17 +174,35 @@ def _read_pyav(path: str, indices: list[int], size: tuple[int, int] | None,
             wanted = {all_pts[i]: i for i in indices}
         else:  # the probe's times are stream ticks * time_base (_pyav_timestamps): back to ticks exactly
             wanted = {round(t / float(stream.time_base)): i for i, t in zip(indices, pts_s)}
-        last = max(wanted)
-        container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                continue
-            for frame in frames:  # decoders emit frames in presentation order
-                if frame.pts in wanted:
-                    width, height = size or (frame.width, frame.height)
-                    yield wanted.pop(frame.pts), frame.to_ndarray(width=width, height=height, format="rgb24")
-            if not wanted or any(frame.pts is not None and frame.pts > last for frame in frames):
-                break
+    first_wanted = min(wanted)
+    for seek in (True, False):
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if seek:
+                container.seek(first_wanted, stream=stream, backward=True, any_frame=False)
+            first_decoded = yield from _decode_wanted(container, stream, wanted, size)
+        if not wanted or (first_decoded is not None and first_decoded <= first_wanted):
+            return  # all found, or the rest lie in damaged packets: reading again would not find them
 
+
+def _decode_wanted(container: av.container.InputContainer, stream: av.video.stream.VideoStream, wanted: dict[int, int],
+                   size: tuple[int, int] | None) -> Generator[tuple[int, np.ndarray], None, int | None]:
+    """Yield (index, frame) for the frames in wanted (pts -> index), popping them; returns the first pts decoded."""
+    import av
+
+    first = None
+    last = max(wanted)
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            continue
+        for frame in frames:  # decoders emit frames in presentation order
+            if first is None:
+                first = frame.pts
+            if frame.pts in wanted:
+                width, height = size or (frame.width, frame.height)
+                yield wanted.pop(frame.pts), frame.to_ndarray(width=width, height=height, format="rgb24")
+        if not wanted or any(frame.pts is not None and frame.pts > last for frame in frames):
+            break
+    return first

@@ -10,4 +10,14 @@ def first_line(e: BaseException, limit: int = 300, with_type: bool = False) -> s
     lines = str(e).strip().splitlines()
     if not lines:
         return type(e).__name__
-    return f"{type(e).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]
+    line = shorten(lines[0], limit)
+    return f"{type(e).__name__}: {line}" if with_type else line
+
+
+def shorten(text: str, limit: int) -> str:
+    """text cut to at most limit characters at a word boundary, with an ellipsis where it was cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"

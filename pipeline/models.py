@@ -6,8 +6,10 @@ clear error instead of a failure in every actor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -25,6 +27,49 @@ if TYPE_CHECKING:
 
 DERIVED_MODELS = Path(tempfile.gettempdir()) / "fervid-models"  # files fervid makes from models, per machine
 _LOCAL_HINT = "point the config at a local copy (e.g. --set {key}={example})"
+LOCAL_EXAMPLES = {"detector.model": "/path/to/det_10g.onnx", "classifier.model": "/path/to/model_dir"}
+
+
+class NotCached(FervidError):
+    """A model that is neither local nor cached, and whose hub could not be reached to fetch it."""
+
+    def __init__(self, key: str, model: str, cache: str) -> None:
+        self.key, self.model, self.cache = key, model, cache
+        super().__init__(f"{key} '{model}' is not cached and its hub cannot be reached; "
+                         f"{_LOCAL_HINT.format(key=key, example=LOCAL_EXAMPLES[key])}, or at a cache that holds it "
+                         f"({cache})")
+
+
+def looks_local(model: str) -> bool:
+    """Whether a model name can only be a path (a hub id is owner/name, a pack a bare name)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or Path(model).suffix in (".onnx", ".json")
+
+
+def resolve_models(detector: str, classifier: str, revision: str | None) -> tuple[Path, ClassifierSpec]:
+    """Both models, checked before any work; every problem is reported in one line, an unreachable hub once."""
+    found, problems = [], []
+    for resolve, args in ((resolve_detector, (detector,)), (resolve_classifier, (classifier, revision))):
+        try:
+            found.append(resolve(*args))
+        except FervidError as e:
+            problems.append(e)
+    if not problems:
+        return found[0], found[1]
+    missing = [p for p in problems if isinstance(p, NotCached)]
+    if len(missing) > 1:
+        named = " and ".join(f"{p.key} '{p.model}'" for p in missing)
+        hints = "; ".join(f"--set {p.key}={LOCAL_EXAMPLES[p.key]}" for p in missing)
+        caches = ", ".join(p.cache for p in missing)
+        problems = [p for p in problems if not isinstance(p, NotCached)] + [FervidError(
+            f"the model hubs cannot be reached and {named} are not cached: point the config at local copies "
+            f"({hints}) or at caches that hold them ({caches})")]
+    return _raise_all(problems)
+
+
+def _raise_all(problems: list[FervidError]) -> tuple[Path, ClassifierSpec]:
+    if len(problems) == 1:
+        raise problems[0]
+    raise FervidError(f"{len(problems)} problems with the models: " + "; ".join(map(str, problems)))
 
 
 @dataclass(frozen=True)
@@ -64,19 +109,17 @@ def file_digest(source: str | Path | pa.NativeFile, chunk: int = 1 << 20) -> str
 def resolve_detector(model: str) -> Path:
     """An SCRFD .onnx path as given, or the detection model of an InsightFace pack (fetched if absent)."""
     path = Path(model).expanduser()
-    if path.suffix == ".onnx" or path.exists():
+    if path.exists() or looks_local(model):
         if not path.is_file():
             raise FervidError(f"detector model not found: {model}")
         return path
     try:
         from insightface.utils.storage import ensure_available
 
-        pack = Path(ensure_available("models", model))
-    except Exception as e:  # insightface raises whatever its downloader hits
-        raise FervidError(
-            f"InsightFace pack '{model}' is not cached in ~/.insightface/models and could not be fetched "
-            f"({type(e).__name__}); {_LOCAL_HINT.format(key='detector.model', example='/path/to/det_10g.onnx')}"
-        ) from None
+        with contextlib.redirect_stdout(io.StringIO()):  # its downloader prints where it looks, whatever happens
+            pack = Path(ensure_available("models", model))
+    except Exception:  # insightface raises whatever its downloader hits
+        raise NotCached("detector.model", model, "~/.insightface/models for InsightFace packs") from None
     found = sorted(pack.rglob("det_*.onnx"))
     if not found:
         raise FervidError(f"InsightFace pack '{model}' has no det_*.onnx detection model in {pack}")
@@ -88,6 +131,8 @@ def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpe
     """Read the classifier's config and preprocessor JSON (no weights, no transformers import: the
     driver stays light): labels, input size, revision. Models that ask to run their own code are refused."""
     local = Path(model).expanduser()
+    if not local.exists() and looks_local(model):
+        raise FervidError(f"classifier model not found: {model}")
     if local.exists():
         if not (local / "config.json").is_file():
             raise FervidError(f"classifier model directory {model} has no config.json")
@@ -120,6 +165,7 @@ def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpe
 def _hub_snapshot(model: str, revision: str | None) -> Path:
     """The local snapshot folder holding a hub model's config and preprocessor (fetched if not cached)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # retries against an unreachable hub would print a line each
@@ -129,12 +175,11 @@ def _hub_snapshot(model: str, revision: str | None) -> Path:
                 path = hf_hub_download(model, name, revision=revision, local_files_only=True)
             except Exception:  # not cached: ask the hub
                 path = hf_hub_download(model, name, revision=revision)
-    except Exception as e:  # the hub client raises many kinds (offline, unknown repo, gated, HTTP)
-        raise FervidError(
-            f"classifier model '{model}' could not be loaded ({first_line(e)[:160]}); "
-            f"if it is not cached and the hub is unreachable, "
-            f"{_LOCAL_HINT.format(key='classifier.model', example='/path/to/model_dir')}"
-        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):  # offline or the hub unreachable, and not cached
+        raise NotCached("classifier.model", model, "HF_HOME for Hugging Face models") from None
+    except Exception as e:  # the hub answered: an unknown repo, a gated one, an HTTP error
+        raise FervidError(f"classifier model '{model}' could not be loaded ({first_line(e, 160)}); "
+                          f"{_LOCAL_HINT.format(key='classifier.model', example='/path/to/model_dir')}") from None
     return Path(path).parent
 
 

@@ -8,6 +8,7 @@ from pyarrow.fs import FileType
 
 from pipeline import schema, storage
 from pipeline.errors import FervidError
+from pipeline.models import file_digest
 
 # One colour per emotion, the same in every chart, table and annotated video; other labels take the palette in order.
 KNOWN_COLOURS = {
@@ -17,16 +18,28 @@ KNOWN_COLOURS = {
 OTHER_COLOURS = ("#17becf", "#e377c2", "#2ca02c", "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939")
 
 
-def find_videos(records: list[dict], wanted: list[str], among: str = "the results") -> list[dict]:
-    """The records named by video id or by the path they were analysed from, in the order asked for."""
+def find_videos(con: duckdb.DuckDBPyConnection, records: list[dict], wanted: list[str],
+                among: str = "the results") -> list[dict]:
+    """The records named by video id, by the path they were analysed from, by a path skipped as a duplicate of
+    them, or by any file whose content they are; in the order asked for."""
+    aliases = dict(con.sql("SELECT duplicate_path, video_id FROM duplicates").fetchall())
     found = []
     for name in wanted:
         path = storage.locate(name).uri  # as fervid run records it
-        match = [r for r in records if name == r["video_id"] or path == r["path"]]
+        ids = {name, aliases.get(path), _content_id(path)}
+        match = [r for r in records if r["video_id"] in ids or path == r["path"]]
         if not match:
-            raise FervidError(f"{name!r} is not the video_id or path of any of {among}")
+            raise FervidError(f"{name!r} is not the video_id, path or content of any of {among}")
         found += match
     return found
+
+
+def _content_id(path: str) -> str | None:
+    """The content id of the file at path, as `fervid run` computes it; None where there is no such file."""
+    try:
+        return file_digest(path) if storage.stat(path).type == FileType.File else None
+    except (OSError, FervidError):
+        return None
 
 
 def labels_of(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -5,13 +5,50 @@ A run shows its steps in turn: reading content ids, probing, then the analysis i
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 RATE_AFTER_S = 2.0  # seconds of results before a rate (and an ETA) is shown
+
+
+class Console:
+    """The user's terminal, for fervid's own lines, once everything else this process prints goes to a log.
+
+    Ray's C++ core, FFmpeg inside the decoders and the worker output Ray forwards write to the process's
+    stdout and stderr, not through Python, so `capture` points those two file descriptors at the log file
+    for the rest of the process, and keeps copies of the originals here. Used as a stream it writes to the
+    terminal's stderr; `out` is its stdout.
+    """
+
+    def __init__(self) -> None:
+        self.out: TextIO = sys.stdout
+        self.err: TextIO = sys.stderr
+        self.log: Path | None = None
+
+    def capture(self, log: Path) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        self.err = os.fdopen(os.dup(2), "w", buffering=1)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.log = log
+
+    def write(self, text: str) -> int:
+        return self.err.write(text)
+
+    def flush(self) -> None:
+        self.err.flush()
+
+    def isatty(self) -> bool:
+        return self.err.isatty()
 
 
 class StatusLine:

@@ -6,6 +6,8 @@ Parquet files are and the labels, which follow the `p_<label>` columns actually 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path, PurePosixPath
@@ -29,6 +31,7 @@ VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "e
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
 TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1}  # folders between a table's folder and its files
 DICTIONARY_COLUMNS = ("run_id", "emotion")
+UNLIMITED_WIDTH = 1 << 20  # characters: a table this wide shows every column
 
 
 def connect(results_dir: str | Path | storage.Location) -> duckdb.DuckDBPyConnection:
@@ -83,8 +86,13 @@ def view_sql(results_dir: str | Path) -> str:
     return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])))
 
 
-def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None) -> None:
-    """Run SQL (one or more statements; the last one's rows are the result) and print or save the result."""
+def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None,
+              max_width: int | None = None) -> None:
+    """Run SQL (one or more statements; the last one's rows are the result) and print or save the result.
+
+    A table shows every column (wider than the terminal if need be) unless max_width asks DuckDB to fit it
+    into that many characters by leaving columns out.
+    """
     root = storage.locate(results_dir)
     if output is not None and not root.remote and Path(output).resolve().is_relative_to(Path(root.path).resolve()):
         raise FervidError(f"--output {output} is inside the results folder; fervid query never writes there")
@@ -95,7 +103,7 @@ def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str
         relation = con.sql(sql)
         if relation is None:
             return
-        result = str(relation).rstrip("\n") + "\n" if fmt == "table" else relation.to_arrow_table()
+        result = _table_text(relation, max_width) if fmt == "table" else relation.to_arrow_table()
     except duckdb.Error as e:
         raise FervidError(f"query failed: {_headline(e)}") from None
     try:
@@ -105,6 +113,14 @@ def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str
             _emit(_encode(result, fmt), output)
     except OSError as e:
         raise FervidError(f"cannot write {output}: {e.strerror or e}") from None
+
+
+def _table_text(relation: duckdb.DuckDBPyRelation, max_width: int | None) -> str:
+    """DuckDB's box table of the relation: all columns, or as many as fit into max_width characters."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):  # show() prints; its text is wanted for --output too
+        relation.show(max_width=max_width or UNLIMITED_WIDTH)
+    return text.getvalue().rstrip("\n") + "\n"
 
 
 def _render_views(sources: dict[str, str], labels: list[str], files: tuple[str, ...] = VIEW_FILES) -> str:

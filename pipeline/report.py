@@ -49,7 +49,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     con = query.connect(root)
     rows = _sql(con, "SELECT * FROM video_index")  # every video's header and coverage, in one pass
     if videos:
-        chosen = {r["video_id"] for r in find_videos(rows, videos)}
+        chosen = {r["video_id"] for r in find_videos(con, rows, videos)}
         rows = [row for row in rows if row["video_id"] in chosen]
     labels = labels_of(con)
     colours = emotion_colours(labels)
@@ -64,7 +64,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         if row["status"] == OK:
             page = _video_page(con, root, out, row, labels, colours)
             _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
-    _write(out / "index.html", env.get_template("index.html").render(rows=rows, colours=colours, results=root.uri))
+    shown = {row["video_id"] for row in rows}
+    duplicates = [d for d in _sql(con, "SELECT * FROM duplicates") if d["video_id"] in shown]
+    _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates,
+                                                                     colours=colours, results=root.uri))
     return out / "index.html"
 
 

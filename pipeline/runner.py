@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import platform
 import secrets
+import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +29,13 @@ from pipeline.decode import VideoInfo
 from pipeline.errors import FervidError, first_line
 from pipeline.executor import connect, graph
 from pipeline.finalize import finalize
-from pipeline.models import ClassifierSpec, file_digest, resolve_classifier, resolve_detector
-from pipeline.plan import VideoFile, discover, plan_segments
-from pipeline.progress import Progress, StatusLine, Steps
+from pipeline.models import ClassifierSpec, file_digest, resolve_models
+from pipeline.plan import Discovery, VideoFile, discover, plan_segments
+from pipeline.progress import Console, Progress, StatusLine, Steps
 from pipeline.results import ResultsStore
 from pipeline.schema import CLASSIFY_NODE, EXTRACT_NODE, FAILED, OK, SKIPPED, Segment
 
+DUPLICATES_NAMED = 3  # skipped duplicates named in the summary line
 ID_READERS = 8  # content ids read at once: ranged reads of remote videos wait on the network, not the CPU
 PACKAGES = ("ray", "torch", "transformers", "insightface", "onnxruntime", "decord", "av", "pyarrow", "numpy")
 
@@ -47,12 +50,22 @@ class RunSummary:
     first_result_s: float | None = None  # from the start of the run to the first scored rows
     first_result_frames: int = 0  # sampled frames whose segments came with those first rows
     small_faces: int = 0  # found but under detector.min_face_px, so not classified
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped path, path analysed instead)
+    log: str | None = None  # where this process's own output went (Ray's, FFmpeg's), when it was captured
 
     def line(self) -> str:
         c = self.counts
         rate = self.frames / self.wall_s if self.wall_s else 0.0
-        return (f"run {self.run_id}: {c[OK]} ok, {c[FAILED]} failed, {c[SKIPPED]} skipped; "
+        return (f"run {self.run_id}: {c[OK]} ok, {c[FAILED]} failed, {c[SKIPPED]} skipped{self._duplicates()}; "
                 f"{self.frames} frames, {self.faces} faces in {self.wall_s:.1f}s ({rate:.1f} frames/s)")
+
+    def _duplicates(self) -> str:
+        """ (2 duplicates: b.mp4 = a.mp4, c.mp4 = a.mp4), the first few named."""
+        if not self.duplicates:
+            return ""
+        named = [f"{storage.file_name(copy)} = {storage.file_name(original)}" for copy, original in self.duplicates]
+        more = f", and {len(named) - DUPLICATES_NAMED} more" if len(named) > DUPLICATES_NAMED else ""
+        return f" ({len(named)} duplicate{'s' * (len(named) > 1)}: {', '.join(named[:DUPLICATES_NAMED])}{more})"
 
 
 @dataclass
@@ -78,9 +91,12 @@ class Runner:
     """One run over one folder into one results folder."""
 
     def __init__(self, videos_dir: str | Path, out: str | Path, config: Config, address: str | None = None,
-                 force: bool = False, show_progress: bool = True) -> None:
+                 force: bool = False, show_progress: bool = True, console: Console | None = None) -> None:
+        """console: the CLI's terminal; given, everything else the process prints goes to RESULTS/logs/<run>.log
+        once the checks have passed, and only fervid's own lines reach the terminal."""
         self.videos_dir, self.out, self.config, self.address, self.force = videos_dir, out, config, address, force
-        self.line = StatusLine(enabled=show_progress)
+        self.console = console
+        self.line = StatusLine(console or sys.stderr, enabled=show_progress)
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         self.records: list[dict] = []
         self.summary = RunSummary(self.run_id)
@@ -91,23 +107,50 @@ class Runner:
     def run(self) -> RunSummary:
         self.started = time.monotonic()
         started_at = _now()
-        files = discover(self.videos_dir)  # the checks come first: a run that cannot start writes nothing
+        found = discover(self.videos_dir, self.config.inputs)  # checks first: a run that cannot start writes nothing
         self.models = self._resolve_models()
         self.store = ResultsStore(self.out)
-        with self.store.lock():
-            todo = self._identify(files)
-            if todo:
-                self._analyse(todo)
-            self.store.write_records(self.run_id, self.records)
-            self.summary.wall_s = time.monotonic() - self.started
-            self.store.write_run(self.run_id, self._run_record(started_at))
+        self._capture_output()
+        self.found = found
+        if found.untaken_line():
+            self.line.show(found.untaken_line(), final=True)
+        try:
+            with self.store.lock():
+                self._run(found, started_at)
+        finally:
+            self._keep_log()
         return self.summary
+
+    def _run(self, found: Discovery, started_at: datetime) -> None:
+        for entry, why in found.bad_entries:
+            self._record(_path_id(entry), VideoFile(entry, 0), FAILED, f"listed in {self.videos_dir}: {why}")
+        todo = self._identify(found.videos)
+        if todo:
+            self._analyse(todo)
+        self.store.write_records(self.run_id, self.records)
+        self.summary.wall_s = time.monotonic() - self.started
+        self.store.write_run(self.run_id, self._run_record(started_at))
+
+    def _capture_output(self) -> None:
+        """From here on, what Ray, FFmpeg and the workers print goes to the run's log, not to the terminal:
+        RESULTS/logs/<run>.log (for results at a URI, a local file copied there at the end)."""
+        if self.console is None:
+            return
+        root = self.store.root
+        folder = Path(tempfile.mkdtemp(prefix="fervid-log-")) if root.remote else Path(root.path, "logs")
+        folder.mkdir(exist_ok=True)
+        self.console.capture(folder / f"{self.run_id}.log")
+        self.summary.log = root.child("logs", f"{self.run_id}.log").uri
+
+    def _keep_log(self) -> None:
+        if self.console is not None and self.store.root.remote:
+            self.console.err.flush()
+            storage.write_bytes(self.store.root.child("logs", f"{self.run_id}.log"), self.console.log.read_bytes())
 
     def _resolve_models(self) -> _Models:
         c = self.config.classifier
-        detector = resolve_detector(self.config.detector.model)
-        return _Models(detector, file_digest(detector), resolve_classifier(c.model, c.revision),
-                       self.config.fingerprint())
+        detector, spec = resolve_models(self.config.detector.model, c.model, c.revision)
+        return _Models(detector, file_digest(detector), spec, self.config.fingerprint())
 
     def _identify(self, files: list[VideoFile]) -> dict[str, VideoFile]:
         """Content ids; duplicates and videos already done with this config are skipped."""
@@ -118,10 +161,10 @@ class Runner:
         self.line.close()
         for file, video_id in zip(files, ids):
             if isinstance(video_id, Exception):
-                path_id = hashlib.blake2b(str(file.path).encode(), digest_size=8).hexdigest()
-                self._record(path_id, file, FAILED, f"cannot read the file: {_io_reason(video_id)}")
+                self._record(_path_id(file.path), file, FAILED, f"cannot read the file: {_io_reason(video_id)}")
             elif video_id in todo:
                 self._record(video_id, file, SKIPPED, f"same content as {todo[video_id].path}")
+                self.summary.duplicates.append((str(file.path), str(todo[video_id].path)))
             elif video_id in done:
                 self._record(video_id, file, SKIPPED, "already analysed with this configuration")
             else:
@@ -134,6 +177,7 @@ class Runner:
         segments = self._plan(todo, assembler)
         self.store.write_records(self.run_id, self.records)
         progress = Progress(self.line, len(assembler.open_videos()), sum(len(s.frame_index) for s in segments))
+        self.line.show("starting workers", final=True)
         try:
             if segments:
                 for batch in graph.stream_scores(segments, self.config, self.models.detector_path, self.models.spec):
@@ -222,10 +266,16 @@ class Runner:
             "labels": list(self.models.spec.labels), "counts": self.summary.counts,
             "sampled_frames": self.summary.frames, "faces": self.summary.faces,
             "faces_under_min_face_px": self.summary.small_faces,
+            "not_taken": dict(self.found.not_taken), "excluded": self.found.excluded,
             "nodes": {"decode_detect_frames": dict(self.frames_by_node), "classify_faces": dict(self.faces_by_node)},
             "versions": {"fervid": _version("fervid"), "python": platform.python_version(),
                          **{name: _version(name) for name in PACKAGES}},
         }
+
+
+def _path_id(path: str | Path) -> str:
+    """The id of a video whose content cannot be read: a hash of its path."""
+    return hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()
 
 
 def _content_id(file: VideoFile) -> str | Exception:

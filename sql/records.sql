@@ -17,3 +17,12 @@ QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY finished_at DESC, run_
 -- The videos that count: those whose latest record is ok, and then only through that run's files.
 CREATE VIEW videos AS
 SELECT * FROM latest_records WHERE status = 'ok';
+
+-- Paths whose content was analysed under another path: a copy skipped in the same run, or a renamed or
+-- copied file skipped in a later one. The report lists them, and commands that take a video accept them.
+CREATE VIEW duplicates AS
+SELECT DISTINCT r.path AS duplicate_path, v.video_id, v.path, v.status
+FROM {videos_files} r
+JOIN latest_records v USING (video_id)
+WHERE r.status = 'skipped' AND r.path <> v.path
+ORDER BY v.path, duplicate_path;

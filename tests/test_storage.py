@@ -365,3 +365,15 @@ def test_made_once_leaves_nothing_of_a_failed_maker_and_makes_it_next_time(tmp_p
     calls: list[Path] = []
     with storage.made_once(target, calls.append):
         assert calls == []  # found, not made again
+
+
+def test_a_list_file_with_a_path_a_uri_and_a_bad_line(shared, videos, endpoint, test_config, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{shared / 'videos' / 'single_face.mp4'}\n{uri(endpoint, 'videos/no_face.mp4')}\n"
+                       "# a comment\nnot/there.mp4\n")
+    summary = Runner(listing, tmp_path / "r", test_config, show_progress=False).run()
+    assert summary.counts == {"ok": 2, "failed": 1, "skipped": 0}
+    rows = {storage.file_name(r["path"]): r for r in records(tmp_path / "r").to_pylist()}
+    assert rows["no_face.mp4"]["path"] == uri(endpoint, "videos/no_face.mp4") and rows["no_face.mp4"]["status"] == "ok"
+    assert rows["there.mp4"]["status"] == "failed"
+    assert rows["there.mp4"]["error"] == f"listed in {listing}: not found: {tmp_path / 'not' / 'there.mp4'}"

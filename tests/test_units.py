@@ -5,20 +5,21 @@ from __future__ import annotations
 import io
 import os
 import types
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, InputsConfig, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
-from pipeline.errors import FervidError
+from pipeline.errors import FervidError, first_line, shorten
 from pipeline.plan import decode_size, discover, plan_segments
 from pipeline.progress import Progress, StatusLine
 from pipeline.schema import Segment
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_CONFIG
 from tests.media import write_video
 
 
@@ -30,7 +31,8 @@ def test_default_yaml_matches_built_in_defaults():
     ("sampling: {fsp: 5}", "unknown config key 'sampling.fsp'"),
     ("detector: {threshold: high}", "detector.threshold"),
     ("detector: {det_size: 650}", "multiple of 32"),
-    ("sampling: {fps: 5, every_n_frames: 3}", "exactly one of"),
+    ("sampling: {fps: 5, every_n_frames: 3}", "both set in the config file"),
+        ("sampling: {fps: null}", "exactly one of"),
     ("classifier: {dtype: int4}", "classifier.dtype"),
     ("classifier: {quantize: int4}", "classifier.quantize must be null or int8"),
     ("classifier: {quantize: int8, device: cuda}", "runs on the CPU only"),
@@ -97,15 +99,73 @@ def test_segments_cover_the_sampled_frames_once():
 
 def test_discover_is_recursive_case_blind_and_survives_link_loops(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
-    for name in ("a/one.MP4", "a/b/two.mov", "a/b/notes.txt", "three.webm"):
+    for name in ("a/one.MP4", "a/b/two.mov", "a/b/notes.doc", "three.webm", "four.FLV", "five.m2ts", "cover.jpg"):
         (tmp_path / name).write_bytes(b"x")
     os.symlink(tmp_path / "a", tmp_path / "a" / "b" / "loop")
-    found = [v.path.relative_to(tmp_path).as_posix() for v in discover(tmp_path)]
-    assert sorted(found) == ["a/b/two.mov", "a/one.MP4", "three.webm"]
-    with pytest.raises(FervidError, match="no videos"):
-        discover(tmp_path / "a" / "b" / "loop" / "b" / "notes.txt")
+    found = discover(tmp_path, InputsConfig())
+    assert sorted(v.path.relative_to(tmp_path).as_posix() for v in found.videos) == [
+        "a/b/two.mov", "a/one.MP4", "five.m2ts", "four.FLV", "three.webm"]
+    assert found.not_taken == {".doc": 1, ".jpg": 1}
+    assert found.untaken_line() == "2 files not taken (.doc 1, .jpg 1; inputs.extensions lists what is)"
+    with pytest.raises(FervidError, match=r"no videos \(.*\.wmv\) found under .*notes.doc \(1 files not taken"):
+        discover(tmp_path / "a" / "b" / "notes.doc", InputsConfig())
     with pytest.raises(FervidError, match="not found"):
-        discover(tmp_path / "missing")
+        discover(tmp_path / "missing", InputsConfig())
+
+
+def test_inputs_extensions_include_and_exclude_narrow_what_is_taken(tmp_path):
+    for name in ("s1/intro.mp4", "s1/talk.mp4", "s2/talk.mp4", "s2/talk.flv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+
+    def taken(**inputs) -> list[str]:
+        return sorted(v.path.relative_to(tmp_path).as_posix() for v in discover(tmp_path, InputsConfig(**inputs)).videos)
+
+    assert taken(extensions=[".flv"]) == ["s2/talk.flv"]
+    assert taken(include=["*talk*"], exclude=["s2/*.flv"]) == ["s1/talk.mp4", "s2/talk.mp4"]
+    found = discover(tmp_path, InputsConfig(include=["s1/*"]))
+    assert found.excluded == 2 and "2 videos left out by --include/--exclude" in found.untaken_line()
+    with pytest.raises(FervidError, match="inputs.extensions must be file endings"):
+        load_config(None, ["inputs.extensions=[mp4]"])
+
+
+def test_a_list_file_names_videos_folders_and_bad_lines(tmp_path):
+    (tmp_path / "clips").mkdir()
+    for name in ("clips/a.mp4", "clips/b.MOV", "odd.bin"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# interviews\nclips\n\n{tmp_path / 'odd.bin'}\nmissing.mp4\n")
+    found = discover(listing, InputsConfig())
+    # a folder is searched, a file named on its own is taken whatever its ending, a bad line is reported
+    assert [Path(v.path).name for v in found.videos] == ["a.mp4", "b.MOV", "odd.bin"]
+    assert found.bad_entries == [("missing.mp4", f"not found: {tmp_path / 'missing.mp4'}")]
+    table = tmp_path / "list.csv"
+    table.write_text("participant,path\np1,clips/a.mp4\np2,clips/b.MOV\n")
+    assert [Path(v.path).name for v in discover(table, InputsConfig()).videos] == ["a.mp4", "b.MOV"]
+    table.write_text("participant,file\np1,clips/a.mp4\n")
+    with pytest.raises(FervidError, match="has no `path` column"):
+        discover(table, InputsConfig())
+
+
+def test_one_sampling_key_set_by_the_user_wins_over_the_others_default(tmp_path):
+    assert (load_config(None, ["sampling.every_n_frames=24"]).sampling.fps, 24) == (None, 24)
+    chosen = load_config(TEST_CONFIG, ["sampling.every_n_frames=24"]).sampling  # the file sets fps: a default here
+    assert (chosen.fps, chosen.every_n_frames) == (None, 24)
+    config = tmp_path / "c.yaml"
+    config.write_text("sampling:\n  every_n_frames: 10\n")
+    assert load_config(config).sampling.fps is None
+    assert load_config(config, ["sampling.fps=2"]).sampling.every_n_frames is None
+    with pytest.raises(FervidError, match="both set with --set"):
+        load_config(None, ["sampling.fps=2", "sampling.every_n_frames=24"])
+    config.write_text("sampling:\n  every_n_frames: 10\n  fps: 2\n")
+    with pytest.raises(FervidError, match="both set in the config file"):
+        load_config(config)
+
+
+def test_errors_are_cut_at_a_word_never_inside_one():
+    assert shorten("please check your connection and try again", 30) == "please check your connection…"
+    assert first_line(RuntimeError("short\nsecond line")) == "short"
+    assert len(shorten("x" * 500, 100)) == 100
 
 
 def test_square_crops_pad_at_frame_edges():
