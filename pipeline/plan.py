@@ -60,7 +60,10 @@ def discover(source: str | Path, inputs: InputsConfig) -> Discovery:
             try:
                 if where is None:
                     raise FervidError("a relative path in a list at a URI (name absolute paths or URIs there)")
+                taken = len(found.videos)
                 _take(where, inputs, found, explicit=True)
+                if len(found.videos) == taken:
+                    raise FervidError(f"no videos found under {where}")
             except FervidError as e:
                 found.bad_entries.append((entry, str(e)))
         if not found.videos and not found.bad_entries:
@@ -76,9 +79,9 @@ def discover(source: str | Path, inputs: InputsConfig) -> Discovery:
 def _take(source: str | Path, inputs: InputsConfig, found: Discovery, explicit: bool) -> None:
     """Add the videos under source to found; a file named on its own (explicit) is taken whatever its ending."""
     root = storage.locate(source)
-    listed = storage.list_files(root)
-    if not listed:
+    if storage.stat(root).type == FileType.NotFound:
         raise FervidError(f"not found: {source}")
+    listed = storage.list_files(root)
     extensions = {e.lower() for e in inputs.extensions}
     for loc, size in listed:
         under = loc.name if loc.path == root.path else loc.path[len(root.path.rstrip("/")) + 1:]

@@ -30,7 +30,7 @@ from pipeline.errors import FervidError, first_line
 from pipeline.executor import connect, graph
 from pipeline.finalize import finalize
 from pipeline.models import ClassifierSpec, file_digest, resolve_models
-from pipeline.plan import Discovery, VideoFile, discover, plan_segments
+from pipeline.plan import VideoFile, discover, plan_segments
 from pipeline.progress import Console, Progress, StatusLine, Steps
 from pipeline.results import ResultsStore
 from pipeline.schema import CLASSIFY_NODE, EXTRACT_NODE, FAILED, OK, SKIPPED, Segment
@@ -107,24 +107,23 @@ class Runner:
     def run(self) -> RunSummary:
         self.started = time.monotonic()
         started_at = _now()
-        found = discover(self.videos_dir, self.config.inputs)  # checks first: a run that cannot start writes nothing
-        self.models = self._resolve_models()
+        self.found = discover(self.videos_dir, self.config.inputs)  # checks first: a run that cannot start
+        self.models = self._resolve_models()                             # writes nothing
         self.store = ResultsStore(self.out)
         self._capture_output()
-        self.found = found
-        if found.untaken_line():
-            self.line.show(found.untaken_line(), final=True)
+        if self.found.untaken_line():
+            self.line.show(self.found.untaken_line(), final=True)
         try:
             with self.store.lock():
-                self._run(found, started_at)
+                self._run(started_at)
         finally:
             self._keep_log()
         return self.summary
 
-    def _run(self, found: Discovery, started_at: datetime) -> None:
-        for entry, why in found.bad_entries:
+    def _run(self, started_at: datetime) -> None:
+        for entry, why in self.found.bad_entries:
             self._record(_path_id(entry), VideoFile(entry, 0), FAILED, f"listed in {self.videos_dir}: {why}")
-        todo = self._identify(found.videos)
+        todo = self._identify(self.found.videos)
         if todo:
             self._analyse(todo)
         self.store.write_records(self.run_id, self.records)
@@ -144,7 +143,8 @@ class Runner:
 
     def _keep_log(self) -> None:
         if self.console is not None and self.store.root.remote:
-            self.console.err.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
             storage.write_bytes(self.store.root.child("logs", f"{self.run_id}.log"), self.console.log.read_bytes())
 
     def _resolve_models(self) -> _Models:
