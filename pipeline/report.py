@@ -84,6 +84,7 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Pat
     moments = _key_moments(con, video, labels)
     run = root.child("runs", f"{video['run_id']}.json")
     config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
+    config.pop("inputs", None)  # which files a run took, not how this one was analysed
     missing = _thumbnails(video, moments, config.get("crop", {}).get("margin", CropConfig.margin), out)
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
             "config": config, "bucket_s": bucket_s, **_charts(timeline, labels, colours, video["duration_s"])}

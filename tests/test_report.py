@@ -130,7 +130,7 @@ def test_video_page_draws_the_timeline_segments_and_key_moments(report, con, ids
     assert happy.mean() > 0.1  # the video is mostly happy: its colour fills much of the chart
 
     assert "Share chart..." not in chart.locator(".modebar-btn").evaluate_all("bs => bs.map(b => b.dataset.title)")
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    chart.hover()  # its middle, scrolled into view
     page.wait_for_selector("#chart-0 .hoverlayer text")
     hover = page.locator("#chart-0 .hoverlayer text").all_text_contents()
     assert hover[0].endswith(" s") and 0 < float(hover[0].removesuffix(" s")) < 20
@@ -220,7 +220,7 @@ def test_annotate_writes_every_sampled_frame_as_h264(results, con, ids, shared, 
 
 def test_report_and_annotate_refuse_what_they_cannot_do_in_one_line(results, ids, tmp_path, capsys):
     cases = [
-        (["report", str(results), "--video", "no-such-video"], "is not the video_id or path"),
+        (["report", str(results), "--video", "no-such-video"], "is not the video_id, path or content"),
         (["annotate", str(results), "--video", FAILED_ID, "--out", str(tmp_path / "a.mp4")], "analysed successfully"),
         (["annotate", str(results), "--video", ids["noface_face.mov"], "--out", str(tmp_path / "a.mp4")],
          "no longer at"),
