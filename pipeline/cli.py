@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = Runner(args.videos, args.out, config, address=args.address, force=args.force,
                          show_progress=not args.quiet, console=args.console).run()
     print(summary.line(), file=args.console.out)
-    if summary.log:
+    if summary.log and args.console.log.stat().st_size:
         print(f"Ray's, FFmpeg's and the workers' own messages: {summary.log}", file=args.console.err)
     return EXIT_SOME_FAILED if summary.counts[FAILED] else 0
 
