@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.calibrate import with_temperature
 from pipeline.errors import FervidError, first_line
 from pipeline.models import ClassifierSpec, derived_model_file, onnx_session_options, resolve_classifier
 
@@ -183,11 +184,17 @@ class OnnxScorer:
         return self.session.run(None, {"pixels": np.ascontiguousarray(pixels)})[0]
 
 
+def temperature(c: ClassifierConfig, spec: ClassifierSpec) -> float:
+    """The softmax temperature a run applies: classifier.temperature, else the model folder's, else 1."""
+    return c.temperature if c.temperature is not None else spec.temperature
+
+
 class EmotionClassifier:
     """Loads the model once; `predict` maps a batch of crops to label probabilities."""
 
     def __init__(self, spec: ClassifierSpec, placement: Placement, batch_size: int = 32, quantize: str | None = None,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, temperature: float = 1.0) -> None:
+        self.temperature = temperature
         self.labels = list(spec.labels)
         self.input_size = spec.input_size
         self.batch_size = batch_size
@@ -207,12 +214,12 @@ class EmotionClassifier:
                     placement: Placement | None = None) -> EmotionClassifier:
         """The classifier of a config section; actors pass the spec and placement the driver resolved, other
         callers get them resolved here (placed as on a machine without GPUs, unless the config says cuda)."""
-        return cls(spec or resolve_classifier(c.model, c.revision), placement or place_classifier(c),
-                   c.batch_size, c.quantize, c.revision)
+        spec = spec or resolve_classifier(c.model, c.revision)
+        return cls(spec, placement or place_classifier(c), c.batch_size, c.quantize, c.revision, temperature(c, spec))
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB crops -> (N, labels) float32 probabilities."""
         out = np.zeros((len(crops), len(self.labels)), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             out[start:start + self.batch_size] = self.scorer(crops[start:start + self.batch_size])
-        return out
+        return with_temperature(out, self.temperature)

@@ -262,6 +262,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set classifier.batch_size=256 (repeatable)")
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--fit-temperature", action="store_true",
+                        help="fit one softmax temperature to these labels (minimising cross-entropy) and write it "
+                             "beside a local model's weights (temperature.json), where fervid run applies it")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -273,7 +276,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     classifier = dataclasses.replace(config.classifier, model=args.model)
-    report = evaluate.evaluate(args.images, classifier, args.filter, args.ignore_missing, args.address)
+    report = evaluate.evaluate(args.images, classifier, args.filter, args.ignore_missing, args.address,
+                               fit=args.fit_temperature)
     print(evaluate.format_report(report))
     if args.json:
         try:

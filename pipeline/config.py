@@ -63,6 +63,7 @@ class CropConfig:
 class ClassifierConfig:
     model: str = "trpakov/vit-face-expression"  # Hugging Face hub id or local directory
     revision: str | None = None  # hub revision (branch, tag or commit)
+    temperature: float | None = None  # softmax temperature; null: the model folder's temperature.json, else 1
     batch_size: int = 32
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     quantize: str | None = None  # int8: dynamic int8 feed-forward layers, for CPU-only boxes
@@ -98,7 +99,8 @@ class Config:
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes results; not paths to the same weights, not resources."""
-        from pipeline.models import model_revision
+        from pipeline.classify import temperature
+        from pipeline.models import model_revision, resolve_classifier
 
         d, c = self.detector, self.classifier
         key = {
@@ -114,7 +116,8 @@ class Config:
             },
             "crop": dataclasses.asdict(self.crop),
             "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
-                           "dtype": c.dtype, "quantize": c.quantize, "runtime": c.runtime},
+                           "dtype": c.dtype, "quantize": c.quantize, "runtime": c.runtime,
+                           "temperature": temperature(c, resolve_classifier(c.model, c.revision))},
             "tracking": dataclasses.asdict(self.tracking),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -261,6 +264,8 @@ def _check(config: Config) -> None:
         raise FervidError("detector.threads and classifier.batch_size must be at least 1")
     if config.crop.margin < 0:
         raise FervidError("crop.margin must not be negative")
+    if c.temperature is not None and c.temperature <= 0:
+        raise FervidError("classifier.temperature must be positive (or null: the model folder's, else 1)")
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise FervidError("classifier.dtype must be auto, float32, bfloat16 or float16")
     if c.quantize not in (None, "int8"):

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.calibrate import ECE_BINS, ece, fit_temperature, nll, with_temperature, write_temperature
+from pipeline.classify import temperature
 from pipeline.config import ClassifierConfig
 from pipeline.errors import FervidError
 from pipeline.executor import connect, graph
 from pipeline.imagefolder import labelled_files, match_labels, scan
-from pipeline.models import resolve_classifier
+from pipeline.models import ClassifierSpec, resolve_classifier
 from pipeline.schema import score_columns
 
 
@@ -33,11 +35,11 @@ def metrics(truth: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
     recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
     present = support > 0
-    true_p = probs[np.arange(len(truth)), truth].astype(np.float64)
     return {
         "images": int(len(truth)),
         "accuracy": float(hits.sum() / len(truth)),
-        "loss": float(-np.log(np.maximum(true_p, np.finfo(np.float32).tiny)).mean()),
+        "loss": nll(truth, probs),
+        "ece": ece(truth, probs),
         "macro_f1": float(f1[present].mean()),
         "per_label": {labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                                   "images": int(support[i])} for i in np.flatnonzero(present)},
@@ -47,8 +49,12 @@ def metrics(truth: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
 
 
 def evaluate(image_dir: str | Path, classifier: ClassifierConfig, pattern: str | None = None,
-             ignore_missing: bool = False, address: str | None = None) -> dict:
-    """Score every image under image_dir/<label>/ and measure the model against the folder labels."""
+             ignore_missing: bool = False, address: str | None = None, fit: bool = False) -> dict:
+    """Score every image under image_dir/<label>/ and measure the model against the folder labels.
+
+    fit: also fit a softmax temperature to these labels (on top of the one the scores were made with), and
+    write it beside a local model's weights, where `fervid run` applies it.
+    """
     spec = resolve_classifier(classifier.model, classifier.revision)
     labels = list(spec.labels)
     folders = scan(image_dir, pattern)
@@ -71,7 +77,11 @@ def evaluate(image_dir: str | Path, classifier: ClassifierConfig, pattern: str |
     wall_s = time.monotonic() - started
     if not scored_paths:
         raise FervidError(f"none of the {len(paths)} images in {image_dir} could be read")
-    report = metrics(np.concatenate(scored_truth), np.concatenate(probs), labels)
+    truth_found, probs_found = np.concatenate(scored_truth), np.concatenate(probs)
+    report = metrics(truth_found, probs_found, labels)
+    if fit:
+        report["calibration"] = _calibrate(truth_found, probs_found, temperature(classifier, spec), spec,
+                                           {"image_dir": str(image_dir), "filter": pattern})
     unreadable = sorted(set(paths) - set(scored_paths))
     report.update({
         "model": classifier.model, "model_revision": spec.revision, "image_dir": str(image_dir), "filter": pattern,
@@ -79,6 +89,18 @@ def evaluate(image_dir: str | Path, classifier: ClassifierConfig, pattern: str |
         "unreadable": unreadable, "wall_s": wall_s, "images_per_s": len(scored_paths) / wall_s,
     })
     return report
+
+
+def _calibrate(truth: np.ndarray, probs: np.ndarray, used: float, spec: ClassifierSpec, fitted_on: dict) -> dict:
+    """Fit a temperature to probabilities made with temperature `used`; the new one is their product."""
+    factor = fit_temperature(truth, probs)
+    scaled = with_temperature(probs, factor)
+    result = {"temperature": used * factor, "before": {"temperature": used, "nll": nll(truth, probs),
+                                                        "ece": ece(truth, probs)},
+              "after": {"nll": nll(truth, scaled), "ece": ece(truth, scaled)}, "written_to": None}
+    if Path(spec.source).is_dir():
+        result["written_to"] = str(write_temperature(Path(spec.source), result["temperature"], fitted_on))
+    return result
 
 
 def format_report(report: dict) -> str:
@@ -91,7 +113,8 @@ def format_report(report: dict) -> str:
     for label, m in report["per_label"].items():
         lines.append(f"{label:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['images']:6d}")
     lines += ["", f"accuracy {report['accuracy']:.4f}   macro F1 {report['macro_f1']:.4f}   "
-              f"cross-entropy loss {report['loss']:.4f}", "", "confusion matrix (rows: true label, columns: predicted)"]
+              f"cross-entropy loss {report['loss']:.4f}   ECE {report['ece']:.4f} ({ECE_BINS} bins)", "",
+              "confusion matrix (rows: true label, columns: predicted)"]
     cell = max(6, *(len(label) for label in labels))
     lines.append(" " * width + "".join(f"  {label:>{cell}}" for label in labels))
     for label, row in zip(labels, report["confusion"]):
@@ -102,4 +125,11 @@ def format_report(report: dict) -> str:
         if report[key]:
             shown = ", ".join(report[key][:5]) + (", ..." if len(report[key]) > 5 else "")
             lines.append(f"{what}: {len(report[key])}: {shown}")
+    if "calibration" in report:
+        c = report["calibration"]
+        where = (f"written to {c['written_to']}, which fervid run applies" if c["written_to"]
+                 else f"for a hub model, run with --set classifier.temperature={c['temperature']:.4f}")
+        lines += ["", f"temperature {c['before']['temperature']:.4f} -> {c['temperature']:.4f}: "
+                  f"NLL {c['before']['nll']:.4f} -> {c['after']['nll']:.4f}, "
+                  f"ECE {c['before']['ece']:.4f} -> {c['after']['ece']:.4f}; {where}"]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.calibrate import read_temperature
 from pipeline.errors import FervidError, first_line
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class ClassifierSpec:
     revision: str  # hub commit hash, or a content hash of local weights
     labels: tuple[str, ...]  # from id2label, in index order
     input_size: int  # square side from the preprocessor config
+    temperature: float = 1.0  # softmax temperature fitted by `fervid eval --fit-temperature` (temperature.json)
 
     @property
     def identity(self) -> str:
@@ -159,7 +161,8 @@ def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpe
     side = size if isinstance(size, int) else (size or {}).get("height") or (size or {}).get("shortest_edge")
     if not side:
         raise FervidError(f"classifier model '{model}' has no input size in its preprocessor config")
-    return ClassifierSpec(source=source, revision=rev, labels=labels, input_size=int(side))
+    temperature = read_temperature(folder) if local.exists() else 1.0
+    return ClassifierSpec(source=source, revision=rev, labels=labels, input_size=int(side), temperature=temperature)
 
 
 def _hub_snapshot(model: str, revision: str | None) -> Path:

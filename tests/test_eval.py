@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.calibrate import with_temperature
 from pipeline.classify import EmotionClassifier
-from pipeline.config import ClassifierConfig
+from pipeline.config import ClassifierConfig, load_config
 from pipeline.evaluate import evaluate, metrics
 from pipeline.imagefolder import load_image
 from tests.conftest import ROOT, TEST_CONFIG
@@ -112,3 +114,46 @@ def test_onnx_runtime_scores_as_torch_does_and_starts_without_torch(shared):
             "print(c.placement.runtime, 'torch' in sys.modules, 'transformers' in sys.modules)")
     fresh = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, cwd=ROOT, check=True)
     assert fresh.stdout.split() == ["onnxruntime", "False", "False"]
+
+
+def test_fitted_temperature_and_ece_match_an_independent_computation_and_runs_apply_it(shared, tmp_path):
+    model = tmp_path / "vit-fer-tiny"
+    shutil.copytree(shared / "models" / "vit-fer-tiny", model)
+    result = fervid("eval", shared / "fer2013" / "test", "--model", model, "--filter", "PrivateTest_*",
+                    "--config", TEST_CONFIG, "--json", tmp_path / "report.json", "--fit-temperature")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    fitted = report["calibration"]["temperature"]
+    assert "temperature 1.0000 -> " in result.stdout and f"ECE {report['ece']:.4f} (15 bins)" in result.stdout
+
+    # independently: the model's own scores, the NLL minimised over a grid, ECE with numpy's digitize
+    settings = ClassifierConfig(model=str(shared / "models" / "vit-fer-tiny"), device="cpu", batch_size=256)
+    plain = EmotionClassifier.from_config(settings)
+    labels = {label.lower(): i for i, label in enumerate(plain.labels)}
+    paths = sorted((shared / "fer2013" / "test").glob("*/PrivateTest_*.jpg"))
+    truth = np.array([labels[p.parent.name.lower()] for p in paths])
+    probs = plain.predict(np.stack([load_image(p, plain.input_size) for p in paths])).astype(np.float64)
+    assert len(paths) == report["images"] == 3589
+
+    def nll_at(t: float) -> float:
+        z = np.log(np.maximum(probs, 1e-38)) / t
+        z -= z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(truth)), truth] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    grid = np.arange(0.2, 5.0, 0.001)
+    assert abs(fitted - grid[np.argmin([nll_at(t) for t in grid])]) < 0.05
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == truth
+    bins = np.clip(np.digitize(confidence, np.linspace(0, 1, 16)[1:-1], right=True), 0, 14)
+    expected_ece = sum((bins == b).mean() * abs(confidence[bins == b].mean() - correct[bins == b].mean())
+                       for b in range(15) if (bins == b).any())
+    assert abs(report["ece"] - expected_ece) < 0.005
+    assert report["calibration"]["after"]["nll"] <= report["calibration"]["before"]["nll"]
+
+    # the temperature lies beside the weights: runs apply it, and it is part of the config fingerprint
+    assert json.loads((model / "temperature.json").read_text())["temperature"] == fitted
+    calibrated = EmotionClassifier.from_config(replace(settings, model=str(model)))
+    crops = np.stack([load_image(p, plain.input_size) for p in paths[:64]])
+    assert np.allclose(calibrated.predict(crops), with_temperature(plain.predict(crops), fitted), atol=1e-5)
+    with_file = load_config(TEST_CONFIG, [f"classifier.model={model}"])
+    assert with_file.fingerprint() != load_config(TEST_CONFIG, [f"classifier.model={model}",
+                                                                 "classifier.temperature=1"]).fingerprint()
