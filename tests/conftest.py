@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,11 @@ def results_copy(analysed, tmp_path) -> Path:
     copy = tmp_path / "results"
     shutil.copytree(analysed, copy)
     return copy
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 300, every_s: float = 0.2) -> None:
+    """Until condition() holds (another process's state, asked every every_s), or fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every_s)

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import ray
 
 from pipeline.config import load_config
 from pipeline.executor import connect
-from tests.conftest import ROOT, TEST_CONFIG
+from tests.conftest import ROOT, TEST_CONFIG, wait_for
 from tests.test_run import assert_same_rows, records, table
 
 BIN = Path(sys.executable).parent  # ray, and the `python` a job's entrypoint runs
@@ -70,7 +69,7 @@ def cluster(shared) -> Cluster:
             nodes.append(subprocess.Popen(
                 [BIN / "ray", "start", *args, *port_args, *common, f"--temp-dir={temp / name}"],
                 env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT))
-            _wait_for(lambda: "Ray runtime started" in log.read_text() or nodes[-1].poll() is not None, 300)
+            wait_for(lambda: "Ray runtime started" in log.read_text() or nodes[-1].poll() is not None, 300)
             assert nodes[-1].poll() is None, log.read_text()[-3000:]
         url = f"http://127.0.0.1:{dashboard}"
         node_ids = json.loads(subprocess.run(
@@ -132,7 +131,7 @@ def test_stopping_a_submitted_job_leaves_only_complete_videos(cluster, shared, t
                        *PINNED, "--set", "classifier.batch_size=8", "--no-follow", env=cluster.env)  # commits early
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    _wait_for(lambda: _ok_videos(out) >= 1, 600)
+    wait_for(lambda: _ok_videos(out) >= 1, 600)
     stopped = fervid("jobs", "stop", job_id, "--address", cluster.dashboard, env=cluster.env)
     assert stopped.returncode == 130 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
     assert not list(out.rglob("*.tmp"))
@@ -155,14 +154,14 @@ def test_ctrl_c_over_ray_client_cancels_the_run_and_its_actors(cluster, shared, 
                                cwd=ROOT, env=cluster.env, stdout=subprocess.DEVNULL, stderr=stderr)
         # The event: the first video committed, so Ray Data is running, with five videos of about 390 sampled
         # frames each still to do on the cluster's one CPU per stage (minutes), whatever the machine's load.
-        _wait_for(lambda: _ok_videos(out) >= 1 or run.poll() is not None, 600)
+        wait_for(lambda: _ok_videos(out) >= 1 or run.poll() is not None, 600)
         assert run.poll() is None, log.read_text()[-3000:]
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 130, log.read_text()[-3000:]
     assert "fervid: interrupted" in log.read_text()
     statuses = [r["status"] for r in records(out).to_pylist()]
     assert 1 <= statuses.count("ok") < 7 and set(statuses) == {"ok"}  # nothing recorded as failed
-    _wait_for(lambda: _map_workers(cluster) == 0, 60)
+    wait_for(lambda: _map_workers(cluster) == 0, 60)
 
 
 def test_a_cancelled_child_task_anywhere_in_the_chain_means_the_run_was_cancelled():
@@ -313,13 +312,6 @@ def _free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
-
-
-def _wait_for(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
 
 
 def _end_group(node: subprocess.Popen) -> None:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -20,7 +19,7 @@ import pytest
 from pipeline.errors import FervidError
 from pipeline.models import resolve_classifier
 from pipeline.runner import Runner
-from tests.conftest import ROOT, TEST_CONFIG
+from tests.conftest import ROOT, TEST_CONFIG, wait_for
 from tests.media import read_photo, write_video
 from tests.test_run import records, table, video_rows
 
@@ -153,13 +152,6 @@ def _start_run(videos: Path, out: Path, *settings: str) -> subprocess.Popen:
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def _wait_for(condition, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def _ok_videos(out: Path) -> int:
     try:
         return sum(r["status"] == "ok" for r in records(out).to_pylist())
@@ -181,7 +173,7 @@ def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
         victims[:] = [pid for pid in _pids() if b"DecodeDetect" in _cmdline(pid)]
         return bool(victims) and _ok_videos(out) >= 1
 
-    _wait_for(extract_worker)
+    wait_for(extract_worker)
     os.kill(victims[0], signal.SIGKILL)
     _, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr.decode()[-2000:]
@@ -194,7 +186,7 @@ def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
 def test_killed_driver_then_rerun_equals_an_uninterrupted_run(shared, analysed, tmp_path):
     out = tmp_path / "results"
     run = _start_run(shared / "videos", out, "classifier.actors=0")  # videos commit one by one: see above
-    _wait_for(lambda: _ok_videos(out) >= 1)
+    wait_for(lambda: _ok_videos(out) >= 1)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=60)
     # what queries may see now: only committed videos, each complete
