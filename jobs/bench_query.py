@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import TrackingConfig
+from pipeline.config import QualityConfig, TrackingConfig
 from pipeline.finalize import faces_table, frames_table
 from pipeline.query import connect
 from pipeline.results import ResultsStore
@@ -30,7 +30,7 @@ SAMPLING_FPS = 5.0
 
 def synthetic_tables(frames: int, labels: list[str], run_id: str,
                      rng: np.random.Generator) -> tuple[pa.Table, pa.Table]:
-    """One video's faces and frames tables: a face on every sampled frame, random probabilities."""
+    """One video's faces and frames tables: a face on every sampled frame, random probabilities and quality."""
     index = np.arange(frames, dtype=np.int32)
     pts = index / SAMPLING_FPS
     probs = rng.dirichlet(np.ones(len(labels)), frames).astype(np.float32)
@@ -40,11 +40,16 @@ def synthetic_tables(frames: int, labels: list[str], run_id: str,
         **{name: box[:, i] for i, name in enumerate(FACE_BOX)},
         "det_score": rng.uniform(0.5, 1, frames).astype(np.float32),
         "landmarks": pa.FixedSizeListArray.from_arrays(rng.uniform(0, 500, frames * 10).astype(np.float32), 10),
+        "roll_deg": rng.normal(0, 10, frames).astype(np.float32),
+        "yaw_deg": rng.normal(0, 20, frames).astype(np.float32),
+        "pitch_deg": rng.normal(0, 15, frames).astype(np.float32),
+        "face_px": rng.uniform(30, 300, frames).astype(np.float32),
+        "sharpness": rng.uniform(0.1, 0.6, frames).astype(np.float32),
         **{score_column(label): probs[:, i] for i, label in enumerate(labels)},
     })
     segment = {"segment_index": 0, "frames_index": index.tolist(), "frames_pts_s": pts.tolist(),
                "frames_face_count": [1] * frames, "frames_small_faces": [0] * frames}
-    return faces_table(rows, labels, run_id, TrackingConfig()), frames_table([segment], run_id)
+    return faces_table(rows, labels, run_id, TrackingConfig(), QualityConfig()), frames_table([segment], run_id)
 
 
 def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok",

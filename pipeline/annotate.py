@@ -2,12 +2,14 @@
 track drawn on, as an H.264 MP4.
 
 Only the sampled frames are written (the others were never analysed), each at its own timestamp, so the
-clip plays at real speed at the sampling rate. Boxes take the report's emotion colours.
+clip plays at real speed at the sampling rate. Boxes take the report's emotion colours; unusable faces
+(quality.*) are grey, without an emotion. A video whose faces lie on their side or upside down (pixels
+stored turned, without rotation metadata) is written turned upright, as the classifier saw its faces.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,11 +19,14 @@ import numpy as np
 
 from pipeline import query, storage
 from pipeline.decode import read_frames
+from pipeline.detect import QUARTER_TURNS, turn_boxes
 from pipeline.errors import FervidError
 from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
+from pipeline.schema import FACE_BOX
 
 TIME_BASE = Fraction(1, 1000)  # output timestamps in milliseconds
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+UNUSABLE = (158, 158, 158)  # the box colour of faces not usable
 
 
 def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int, int]:
@@ -44,7 +49,9 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
         faces[face["frame_index"]].append(face)
     colours = {label: _rgb(hex_colour) for label, hex_colour in emotion_colours(labels_of(con)).items()}
     start = min(pts.values())
-    width, height = record["width"] // 2 * 2, record["height"] // 2 * 2  # yuv420p wants even sides
+    turn = _upright_turn([face["roll_deg"] for frame in faces.values() for face in frame])
+    width, height = (record["height"], record["width"]) if turn in (90, 270) else (record["width"], record["height"])
+    width, height = width // 2 * 2, height // 2 * 2  # yuv420p wants even sides
     try:
         container = av.open(str(out), "w")
     except (OSError, av.error.FFmpegError) as e:
@@ -55,7 +62,9 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = TIME_BASE
         for index, frame in read_frames(source, record["decoder"], sorted(pts), record["rotation"]):
-            image = _draw(np.ascontiguousarray(frame[:height, :width]), faces[index], colours, pts[index])
+            shown = [_turned(face, turn, frame.shape[1], frame.shape[0]) for face in faces[index]]
+            frame = cv2.rotate(frame, QUARTER_TURNS[turn]) if turn else frame
+            image = _draw(np.ascontiguousarray(frame[:height, :width]), shown, colours, pts[index])
             out_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             out_frame.pts = last = max(round((pts[index] - start) / TIME_BASE), last + 1)
             out_frame.time_base = TIME_BASE
@@ -68,16 +77,33 @@ def annotate(results_dir: str | Path, video: str, out: str | Path) -> tuple[int,
     return written, len(pts)
 
 
+def _upright_turn(rolls: list[float | None]) -> int:
+    """The quarter turn (clockwise) that sets most faces upright: 0 unless they mostly lie on a side or upside down.
+    Results from before roll_deg existed have None: they stay as they are."""
+    quarters = Counter(round(roll / 90) % 4 for roll in rolls if roll is not None)
+    return (-90 * quarters.most_common(1)[0][0]) % 360 if quarters else 0
+
+
+def _turned(face: dict, turn: int, width: int, height: int) -> dict:
+    """The face with its box placed in the frame turned clockwise by turn."""
+    if not turn:
+        return face
+    box, _ = turn_boxes(np.array([[face[c] for c in FACE_BOX]], np.float32), np.zeros((1, 5, 2), np.float32),
+                        turn, width, height)
+    return {**face, **dict(zip(FACE_BOX, box[0].tolist()))}
+
+
 def _draw(image: np.ndarray, faces: list[dict], colours: dict[str, tuple[int, int, int]], pts_s: float) -> np.ndarray:
-    """Boxes, with a label above each (emotion, confidence, track), and the time in the corner, drawn in place."""
+    """Boxes, with a label above each (emotion, confidence, track; "unusable" for faces that are not), and the
+    time in the corner, drawn in place."""
     scale = max(0.4, image.shape[0] / 900)
     thickness = max(1, round(image.shape[0] / 360))
     for face in faces:
-        colour = colours[face["emotion"]]
-        x1, y1, x2, y2 = (round(face[c]) for c in ("x1", "y1", "x2", "y2"))
+        colour = colours[face["emotion"]] if face["usable"] else UNUSABLE
+        x1, y1, x2, y2 = (round(face[c]) for c in FACE_BOX)
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, thickness + 1)
         track = "" if face["track_id"] is None else f" #{face['track_id']}"
-        text = f"{face['emotion']} {face['confidence']:.0%}{track}"
+        text = f"{face['emotion']} {face['confidence']:.0%}{track}" if face["usable"] else f"unusable{track}"
         (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
         top = max(y1 - text_h - baseline - 4, 0)
         cv2.rectangle(image, (x1, top), (x1 + text_w + 4, top + text_h + baseline + 4), colour, cv2.FILLED)

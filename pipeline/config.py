@@ -57,6 +57,18 @@ class DetectorConfig:
 @dataclass
 class CropConfig:
     margin: float = 0.2  # extra side length around the face box, as a fraction of it
+    align: bool = True  # turn each face upright by its keypoints before cutting; false: the box as the frame shows it
+
+
+@dataclass
+class QualityConfig:
+    """Which faces are `usable`; the views summarise those only (all faces stay in `faces`)."""
+
+    min_face_px: float = 40.0  # the face box's longer side, source pixels
+    max_yaw_deg: float = 45.0  # rough head turn, either way
+    max_pitch_deg: float = 35.0  # rough head tilt, up or down
+    min_sharpness: float = 0.2  # faces.sharpness: sharp faces measure 0.45-0.6, a blur of 2% of the face about 0.2
+    min_det_score: float = 0.6  # the detector's confidence (detector.threshold finds faces from 0.5)
 
 
 @dataclass
@@ -91,6 +103,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     crop: CropConfig = field(default_factory=CropConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -115,6 +128,7 @@ class Config:
                 "max_faces": d.max_faces,
             },
             "crop": dataclasses.asdict(self.crop),
+            "quality": dataclasses.asdict(self.quality),
             "classifier": {"model": model_revision(c.model, kind="classifier", revision=c.revision),
                            "dtype": c.dtype, "quantize": c.quantize, "runtime": c.runtime,
                            "temperature": temperature(c, resolve_classifier(c.model, c.revision))},
@@ -264,6 +278,12 @@ def _check(config: Config) -> None:
         raise FervidError("detector.threads and classifier.batch_size must be at least 1")
     if config.crop.margin < 0:
         raise FervidError("crop.margin must not be negative")
+    q = config.quality
+    for key, value in (("quality.min_face_px", q.min_face_px), ("quality.max_yaw_deg", q.max_yaw_deg),
+                       ("quality.max_pitch_deg", q.max_pitch_deg), ("quality.min_sharpness", q.min_sharpness),
+                       ("quality.min_det_score", q.min_det_score)):
+        if value < 0:
+            raise FervidError(f"{key} must not be negative")
     if c.temperature is not None and c.temperature <= 0:
         raise FervidError("classifier.temperature must be positive (or null: the model folder's, else 1)")
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -15,12 +15,18 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from pipeline import crop
 from pipeline.errors import FervidError
 
 if TYPE_CHECKING:
     from pipeline.config import DetectorConfig
 
 STRIDE = 32  # SCRFD's coarsest feature stride: input sides must be multiples of it
+QUARTER_TURNS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+TURN_CHECK_PX = 96  # side of the patch around a face that upright_turn scores (as reliable as 128 on ../shared)
+REFINE_PX = 128  # side of the upright patch a tilted face's keypoints are found again in
+TURN_MARGIN = 0.05  # how much a turned patch must outscore the upright one to be chosen
+REFINE_ROLL_DEG = 20.0  # faces tilted more than this from a quarter turn get their keypoints found again upright
 
 
 @dataclass
@@ -138,15 +144,83 @@ class FaceDetector:
         """The detector input a width x height frame is scaled and padded into."""
         return fitted_input(width, height, self.det_size) if self.aspect_fit else (self.det_size, self.det_size)
 
-    def detect(self, frame_rgb: np.ndarray) -> Detections:
-        height, width = frame_rgb.shape[:2]
-        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)  # what SCRFD expects; 50x faster than a numpy copy
+    def detect(self, frame_rgb: np.ndarray, turn: int = 0) -> Detections:
+        """The frame's faces; with a turn (90, 180 or 270), found in the frame turned clockwise by it, and
+        mapped back onto the frame, so keypoints of a face lying on its side are placed as on an upright one."""
+        image = cv2.rotate(frame_rgb, QUARTER_TURNS[turn]) if turn else frame_rgb
+        height, width = image.shape[:2]
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # what SCRFD expects; 50x faster than a numpy copy
         boxes, keypoints = self.model.detect(bgr, input_size=self.input_size(width, height))
         xyxy = boxes[:, :4].astype(np.float32)
         score = boxes[:, 4].astype(np.float32)
         landmarks = (keypoints if keypoints is not None else np.zeros((len(boxes), 5, 2))).astype(np.float32)
+        if turn:  # back onto the frame: the turned image turned on by the rest of a full turn
+            xyxy, landmarks = turn_boxes(xyxy, landmarks, 360 - turn, width, height)
         side = np.minimum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
         order = np.argsort(-(xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), kind="stable")
         big_enough = order[side[order] >= self.min_face_px]
         order = big_enough[:self.max_faces] if self.max_faces else big_enough
         return Detections(xyxy[order], score[order], landmarks[order], too_small=len(boxes) - len(big_enough))
+
+    def upright_turn(self, frame_rgb: np.ndarray, found: Detections) -> int:
+        """The quarter turn (0, 90, 180 or 270 degrees clockwise) that makes the largest face most upright.
+
+        SCRFD finds faces lying on their side or upside down, but places their keypoints as if upright; its
+        score is highest for an upright face. So a small patch around the face is scored at each quarter turn
+        (four inputs of TURN_CHECK_PX: about 10 ms on one core) and the best turn wins, if it beats upright by
+        TURN_MARGIN.
+        """
+        x1, y1, x2, y2 = (float(v) for v in found.xyxy[0])
+        side = max(x2 - x1, y2 - y1) * 1.6
+        scale = TURN_CHECK_PX / side
+        shift = np.array([[scale, 0, TURN_CHECK_PX / 2 - (x1 + x2) / 2 * scale],
+                          [0, scale, TURN_CHECK_PX / 2 - (y1 + y2) / 2 * scale]])
+        patch = cv2.cvtColor(cv2.warpAffine(frame_rgb, shift, (TURN_CHECK_PX, TURN_CHECK_PX)), cv2.COLOR_RGB2BGR)
+        scores = {}
+        for turn in (0, *QUARTER_TURNS):
+            boxes, _ = self.model.detect(cv2.rotate(patch, QUARTER_TURNS[turn]) if turn else patch,
+                                         input_size=(TURN_CHECK_PX, TURN_CHECK_PX))
+            scores[turn] = float(boxes[:, 4].max()) if len(boxes) else 0.0
+        best = max(scores, key=scores.get)
+        return best if scores[best] > scores[0] + TURN_MARGIN else 0
+
+    def upright_keypoints(self, frame_rgb: np.ndarray, found: Detections) -> None:
+        """Keypoints of faces tilted more than REFINE_ROLL_DEG from a quarter turn, found again on the face
+        turned upright, where SCRFD places them best (its keypoints lag a tilt by a few degrees); in place.
+
+        Upright faces, the common case, cost nothing.
+        """
+        roll = crop.roll_degrees(found.landmarks)
+        tilted = np.flatnonzero(np.abs((roll + 45) % 90 - 45) > REFINE_ROLL_DEG)
+        if not len(tilted):
+            return
+        patches, step, origin = crop.upright_patches(frame_rgb, found.landmarks[tilted], 0.6, REFINE_PX)
+        for k, patch, s, o in zip(tilted, patches, step, origin):
+            boxes, keypoints = self.model.detect(cv2.cvtColor(patch, cv2.COLOR_RGB2BGR), input_size=(REFINE_PX, REFINE_PX))
+            if not len(boxes) or keypoints is None:
+                continue
+            centre = (boxes[:, :2] + boxes[:, 2:4]) / 2 - REFINE_PX / 2
+            points = keypoints[np.argmin((centre ** 2).sum(axis=1))]  # the face in the middle of the patch
+            mapped = o + s * (points[:, 0] + 1j * points[:, 1])
+            found.landmarks[k] = np.stack([mapped.real, mapped.imag], axis=1)
+
+
+def turn_boxes(xyxy: np.ndarray, landmarks: np.ndarray, turn: int, width: int, height: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and keypoints of a width x height image, placed in that image turned clockwise by turn degrees
+    (0, 90, 180 or 270), as cv2.rotate turns it."""
+    def turned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if turn == 90:
+            return height - y, x
+        if turn == 180:
+            return width - x, height - y
+        if turn == 270:
+            return y, width - x
+        return x, y
+
+    points = landmarks.copy()
+    points[..., 0], points[..., 1] = turned(landmarks[..., 0], landmarks[..., 1])
+    ax, ay = turned(xyxy[:, 0], xyxy[:, 1])
+    bx, by = turned(xyxy[:, 2], xyxy[:, 3])
+    boxes = np.stack([np.minimum(ax, bx), np.minimum(ay, by), np.maximum(ax, bx), np.maximum(ay, by)], axis=1)
+    return boxes.astype(np.float32), points

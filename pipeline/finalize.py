@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.assemble import CompletedVideo
-from pipeline.config import TrackingConfig
+from pipeline.config import QualityConfig, TrackingConfig
 from pipeline.schema import FACE_BOX, FRAMES_SCHEMA, faces_schema, score_columns, scored_schema
 from pipeline.track import NO_TRACK, track_faces
 
@@ -29,7 +29,8 @@ class FinishedVideo:
     small_faces: int = 0  # faces under detector.min_face_px, counted but not classified
 
 
-def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: TrackingConfig) -> FinishedVideo:
+def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: TrackingConfig,
+             quality: QualityConfig) -> FinishedVideo:
     """The video's tables, or why it failed: a segment that failed fails the video whole."""
     segments = list(video.segments.values())
     errors = [s["error"] for s in segments if s["error"]]
@@ -42,12 +43,14 @@ def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: Tr
     # a damaged stretch costs only its frames; the video is ok and says what was lost
     note = f"{lost} of {lost + len(frames)} sampled frames could not be decoded and were skipped" if lost else None
     rows = pa.concat_tables(video.faces) if video.faces else scored_schema(labels).empty_table()
-    return FinishedVideo(video.video_id, faces_table(rows, labels, run_id, tracking), frames, note=note,
+    return FinishedVideo(video.video_id, faces_table(rows, labels, run_id, tracking, quality), frames, note=note,
                          small_faces=int(np.sum(frames["small_faces"].to_numpy())))
 
 
-def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig) -> pa.Table:
-    """One video's scored face rows -> the `faces` table: in frame order, with tracks, argmax label, confidence."""
+def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig,
+                quality: QualityConfig) -> pa.Table:
+    """One video's scored face rows -> the `faces` table: in frame order, with tracks, argmax label, confidence
+    and whether each face is usable."""
     rows = rows.sort_by([("frame_index", "ascending"), ("face_index", "ascending")])
     scores = score_columns(labels)
     probs = np.column_stack([rows[c].to_numpy() for c in scores]) if len(rows) else np.zeros((0, len(labels)))
@@ -63,11 +66,23 @@ def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: Tracki
     columns = {
         **{name: rows[name] for name in schema.names if name in rows.column_names},
         "track_id": track_id,
+        "usable": pa.array(usable(rows, quality), pa.bool_()),
         "emotion": pa.array(np.asarray(labels, dtype=object)[best] if len(rows) else [], pa.string()),
         "confidence": pa.array(probs[np.arange(len(rows)), best], pa.float32()),
         "run_id": pa.array([run_id] * len(rows), pa.string()),
     }
     return pa.table({name: columns[name] for name in schema.names}).cast(schema)
+
+
+def usable(rows: pa.Table, quality: QualityConfig) -> np.ndarray:
+    """Which faces pass every quality threshold: big enough, turned and tilted little enough, sharp enough
+    and detected confidently enough."""
+    def column(name: str) -> np.ndarray:
+        return rows[name].to_numpy(zero_copy_only=False).astype(np.float32)
+
+    return ((column("face_px") >= quality.min_face_px) & (np.abs(column("yaw_deg")) <= quality.max_yaw_deg)
+            & (np.abs(column("pitch_deg")) <= quality.max_pitch_deg)
+            & (column("sharpness") >= quality.min_sharpness) & (column("det_score") >= quality.min_det_score))
 
 
 def frames_table(segments: list[dict], run_id: str) -> pa.Table:

@@ -31,6 +31,8 @@ VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "e
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
 TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1}  # folders between a table's folder and its files
 DICTIONARY_COLUMNS = ("run_id", "emotion")
+# Columns newer than some results folders: files without them read as NULL, so the views work over old runs too
+ADDED_COLUMNS = {"faces": pa.schema([*schema.FACE_QUALITY, ("usable", pa.bool_())])}
 UNLIMITED_WIDTH = 1 << 20  # characters: a table this wide shows every column
 
 
@@ -170,13 +172,15 @@ def _table_files(root: storage.Location, tables: tuple[str, ...] = schema.TABLES
 def _dataset(root: storage.Location, table: str, files: list[storage.Location]) -> ds.Dataset:
     """A table's files as one Arrow dataset.
 
-    The schema is the union over runs (one file per run name is enough: a run writes one schema),
-    so runs with different models' labels read together, with NULL where a file lacks a column.
+    The schema is the union over runs (one file per run name is enough: a run writes one schema) and
+    ADDED_COLUMNS, so runs with different models' labels, and runs from before a column existed, read
+    together, with NULL where a file lacks a column.
     Strings with few values (video_id, run_id, emotion) arrive dictionary-encoded, which DuckDB
     joins and groups on several times faster than plain strings.
     """
     one_per_run = {loc.name: loc for loc in files}.values()
-    schema = pa.unify_schemas([storage.read_schema(loc) for loc in one_per_run])
+    added = [ADDED_COLUMNS[table]] if table in ADDED_COLUMNS else []
+    schema = pa.unify_schemas([storage.read_schema(loc) for loc in one_per_run] + added)
     paths = [loc.path for loc in files]
     if table == "videos":
         return ds.dataset(paths, schema=schema, format="parquet", filesystem=root.fs)

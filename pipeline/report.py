@@ -17,22 +17,24 @@ from pathlib import Path
 import cv2
 import duckdb
 import jinja2
+import numpy as np
 import plotly
 from pyarrow.fs import FileType
 
 from pipeline import query, storage
 from pipeline.config import CropConfig
-from pipeline.crop import square_crops
+from pipeline.crop import aligned_crops, square_crops
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
 from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
-from pipeline.schema import OK, score_column
+from pipeline.schema import FACE_BOX, OK, score_column
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 THUMB_PX = 128
 MAX_POINTS = 600  # chart points per track at most: long videos get wider timeline buckets
 MAX_CHARTS = 8  # tracks charted per video, the longest ones: a crowd's passers-by would bury the people who stay
 DOMINANT_Y = 1.06  # height of the dominant-emotion strip above the stacked probabilities
+UNUSABLE_COLOUR = "#9e9e9e"  # the strip where a track's faces were all unusable
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
@@ -85,27 +87,29 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Pat
     run = root.child("runs", f"{video['run_id']}.json")
     config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
     config.pop("inputs", None)  # which files a run took, not how this one was analysed
-    missing = _thumbnails(video, moments, config.get("crop", {}).get("margin", CropConfig.margin), out)
+    crop = CropConfig(**{"align": False, **config.get("crop", {})})  # runs from before alignment cut square crops
+    missing = _thumbnails(video, moments, crop, out)
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
             "config": config, "bucket_s": bucket_s, **_charts(timeline, labels, colours, video["duration_s"])}
 
 
 def _key_moments(con: duckdb.DuckDBPyConnection, video: dict, labels: list[str]) -> list[dict]:
-    """Per emotion, its peak from video_summary and the face showing it (the most confident face at that time)."""
+    """Per emotion, its peak from video_summary and the face showing it (the most confident usable face then)."""
     peaks = {label: video[f"peak_{label}_s"] for label in labels if video[f"peak_{label}_s"] is not None}
     if not peaks:
         return []
     faces = _sql(con, "SELECT * FROM faces_at($id, $times)", id=video["video_id"], times=sorted(set(peaks.values())))
     moments = []
     for label, pts_s in peaks.items():
-        face = max((f for f in faces if f["pts_s"] == pts_s), key=lambda f: f[score_column(label)])
+        face = max((f for f in faces if f["pts_s"] == pts_s and f["usable"]), key=lambda f: f[score_column(label)])
         moments.append({"label": label, "pts_s": pts_s, "p": video[f"peak_{label}"], "face": face,
                         "thumb": f"thumbs/{video['video_id']}-{label}.jpg", "has_thumb": False})
     return moments
 
 
-def _thumbnails(video: dict, moments: list[dict], margin: float, out: Path) -> str | None:
-    """Cut each key moment's face from its frame, re-decoded from the source video; None, or why there are none.
+def _thumbnails(video: dict, moments: list[dict], crop: CropConfig, out: Path) -> str | None:
+    """Cut each key moment's face from its frame, re-decoded from the source video, as the run cut it for the
+    classifier (upright, where it aligned); None, or why there are none.
 
     Only the peak frames are decoded. A moment whose frame cannot be decoded any more loses its thumbnail.
     """
@@ -119,9 +123,14 @@ def _thumbnails(video: dict, moments: list[dict], margin: float, out: Path) -> s
         path = storage.local_file(video["path"], video["video_id"])  # a remote video: fetched into the cache
         for index, frame in read_frames(path, video["decoder"], sorted(by_frame), video["rotation"]):
             chosen = by_frame[index]
-            boxes = [[m["face"][c] for c in ("x1", "y1", "x2", "y2")] for m in chosen]
-            for moment, crop in zip(chosen, square_crops(frame, boxes, margin, THUMB_PX)):
-                moment["has_thumb"] = cv2.imwrite(str(out / moment["thumb"]), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            if crop.align:
+                landmarks = np.array([m["face"]["landmarks"] for m in chosen], np.float32).reshape(-1, 5, 2)
+                thumbs = aligned_crops(frame, landmarks, crop.margin, THUMB_PX)
+            else:
+                boxes = np.array([[m["face"][c] for c in FACE_BOX] for m in chosen], np.float32)
+                thumbs = square_crops(frame, boxes, crop.margin, THUMB_PX)
+            for moment, thumb in zip(chosen, thumbs):
+                moment["has_thumb"] = cv2.imwrite(str(out / moment["thumb"]), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
     except Exception as e:  # decord and PyAV raise their own error types; the page says what happened
         return f"the source video could not be decoded again ({type(e).__name__}: {e})"
     return None
@@ -132,7 +141,8 @@ def _charts(timeline: list[dict], labels: list[str], colours: dict[str, str], du
     bucket, the dominant one on top; and how many tracks were left out.
 
     Every track spans the video's sampled buckets; where its face is absent the stack drops to zero and the
-    hover says "no face".
+    hover says "no face"; where its faces were all unusable (quality.*) the strip on top turns grey and the
+    hover says "unusable face": no emotion is shown for them.
     """
     times = sorted({row["t"] for row in timeline})
     tracks: dict[int | None, dict[float, dict]] = {}
@@ -149,20 +159,22 @@ def _charts(timeline: list[dict], labels: list[str], colours: dict[str, str], du
     }
     charts = []
     for track_id in sorted(longest, key=lambda t: (t is None, t or 0)):
-        rows = [tracks[track_id].get(t) for t in times]
+        seen = [tracks[track_id].get(t) for t in times]
+        rows = [row if row and row["usable_faces"] else None for row in seen]  # the buckets with a reading
+        absent = ["unusable face" if row else "no face" for row in seen]
         data = [{
             "type": "scatter", "x": times, "name": label,
             "y": [row[score_column(label)] if row else 0.0 for row in rows],
             "stackgroup": "p", "mode": "lines", "line": {"color": colours[label], "width": 0.5},
             "fillcolor": colours[label], "hovertemplate": "%{customdata}",
-            "customdata": [f"{row[score_column(label)]:.1%}" if row else "no face" for row in rows],
+            "customdata": [f"{row[score_column(label)]:.1%}" if row else why for row, why in zip(rows, absent)],
         } for label in labels]
         data.append({
-            "type": "scatter", "x": times, "y": [DOMINANT_Y if row else None for row in rows], "name": "dominant",
+            "type": "scatter", "x": times, "y": [DOMINANT_Y if row else None for row in seen], "name": "dominant",
             "mode": "markers", "showlegend": False, "hovertemplate": "%{customdata}",
             "marker": {"symbol": "square", "size": 7,
-                       "color": [colours[row["emotion"]] if row else "#fff" for row in rows]},
-            "customdata": [row["emotion"] if row else "no face" for row in rows],
+                       "color": [colours[row["emotion"]] if row else UNUSABLE_COLOUR for row in rows]},
+            "customdata": [row["emotion"] if row else why for row, why in zip(rows, absent)],
         })
         charts.append({"track_id": track_id, "figure": {"data": data, "layout": layout}})
     return {"charts": charts, "uncharted": len(tracks) - len(charts)}

@@ -222,7 +222,8 @@ class Runner:
     def _commit(self, completed: CompletedVideo) -> None:
         """Write a complete video's tables, then its record (the commit); a failed segment fails it whole."""
         video: _Video = completed.context
-        finished = finalize(completed, list(self.models.spec.labels), self.run_id, self.config.tracking)
+        finished = finalize(completed, list(self.models.spec.labels), self.run_id, self.config.tracking,
+                            self.config.quality)
         if finished.error is None:
             try:
                 self.store.write_video(completed.video_id, self.run_id, finished.faces, finished.frames)

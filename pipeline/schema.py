@@ -73,6 +73,14 @@ def unnamable_labels(labels: list[str]) -> list[str]:
 
 
 FACE_BOX = ["x1", "y1", "x2", "y2"]
+# What the keypoints and the aligned crop say about each face (pipeline.crop), decided into `usable` at finalize
+FACE_QUALITY = [
+    ("roll_deg", pa.float32()),  # the face's turn in the displayed frame: 0 upright, positive clockwise
+    ("yaw_deg", pa.float32()),  # rough head turn from the keypoints: positive towards the picture's right
+    ("pitch_deg", pa.float32()),  # rough head tilt: positive looking up
+    ("face_px", pa.float32()),  # the face box's longer side, source pixels
+    ("sharpness", pa.float32()),  # detail in the aligned face (Laplacian spread over grey spread); blur lowers it
+]
 
 EXTRACT_SCHEMA = pa.schema([
     ("kind", pa.string()),
@@ -84,6 +92,7 @@ EXTRACT_SCHEMA = pa.schema([
     *[(name, pa.float32()) for name in FACE_BOX],
     ("det_score", pa.float32()),
     ("landmarks", pa.list_(pa.float32(), 10)),
+    *FACE_QUALITY,
     ("crop", pa.binary()),
     # SEGMENT rows only: the sampled frames and what was found in them
     ("frames_index", pa.list_(pa.int32())),
@@ -112,6 +121,8 @@ def faces_schema(labels: list[str]) -> pa.Schema:
         *[(name, pa.float32()) for name in FACE_BOX],  # source pixels
         ("det_score", pa.float32()),
         ("landmarks", pa.list_(pa.float32())),  # 5 (x, y) keypoints: eyes, nose, mouth corners
+        *FACE_QUALITY,
+        ("usable", pa.bool_()),  # passes every quality.* threshold: the views summarise these faces only
         *[(name, pa.float32()) for name in score_columns(labels)],
         ("emotion", pa.string()),  # the label with the highest probability
         ("confidence", pa.float32()),  # its probability

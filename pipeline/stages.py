@@ -1,7 +1,8 @@
 """The batch stages, as plain callables over Arrow tables; the executor (pipeline.executor) runs them.
 
-DecodeDetectCrop turns segments into small rows: one per face (with its crop as bytes) and one
-closing row per segment (its sampled frames, face counts, any error). Full frames never leave it.
+DecodeDetectCrop turns segments into small rows: one per face (with its crop as bytes, and what the
+keypoints and crop say of its pose and sharpness) and one closing row per segment (its sampled frames,
+face counts, any error). Full frames never leave it.
 Classify scores the face rows and passes the segment rows through; DecodeDetectClassify runs both
 in one actor where there is no GPU to feed. read_image_crops gives labelled images the same crop
 column, so `fervid eval` scores them with the same Classify. Row layouts: pipeline.schema.
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline import crop as crops
 from pipeline.classify import EmotionClassifier, Placement
 from pipeline.config import ClassifierConfig, CropConfig, DetectorConfig
-from pipeline.crop import square_crops
 from pipeline.decode import read_frames
+from pipeline.detect import Detections, FaceDetector
 from pipeline.imagefolder import load_image
 from pipeline.models import ClassifierSpec
 from pipeline.schema import EXTRACT_SCHEMA, FACE, SEGMENT, Segment, score_columns
@@ -30,13 +32,16 @@ def segment_error_row(segment: Segment, error: str) -> dict:
 
 
 class DecodeDetectCrop:
-    """Decode a segment's sampled frames, find faces, cut crops at the classifier's input size."""
+    """Decode a segment's sampled frames, find faces, cut crops at the classifier's input size.
+
+    The first frame of a segment with faces settles which quarter turn makes them upright (a phone video
+    stored sideways without rotation metadata); the segment's faces are then found in frames turned so.
+    """
 
     def __init__(self, detector: DetectorConfig, detector_path: str, crop: CropConfig, crop_size: int) -> None:
-        from pipeline.detect import FaceDetector
-
         self.detector = FaceDetector.from_config(detector, detector_path)
         self.margin = crop.margin
+        self.align = crop.align
         self.crop_size = crop_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -57,27 +62,47 @@ class DecodeDetectCrop:
         path = local_file(segment.path, segment.video_id)  # a remote video: this node's cached copy
         frames = read_frames(path, segment.decoder, segment.frame_index, segment.rotation, segment.decode_size,
                              segment.pts_s)
+        turn = None  # settled on the first frame with faces
         for index, frame in frames:
-            found = self.detector.detect(frame)
-            crops = square_crops(frame, found.xyxy, self.margin, self.crop_size)
-            found.xyxy *= segment.source_scale  # boxes are kept in source pixels
-            found.landmarks *= segment.source_scale
+            found = self.detector.detect(frame, turn or 0)
+            if turn is None and len(found):
+                turn = self.detector.upright_turn(frame, found)
+                found = self.detector.detect(frame, turn) if turn else found
+            self.detector.upright_keypoints(frame, found)
+            faces.extend(self.face_rows(segment, index, pts_of[index], frame, found))
             decoded.append(index)
             counts.append(len(found))
             small.append(found.too_small)
-            for k in range(len(found)):
-                x1, y1, x2, y2 = found.xyxy[k].tolist()
-                faces.append({
-                    "kind": FACE, "video_id": segment.video_id, "segment_index": segment.segment_index,
-                    "frame_index": index, "pts_s": pts_of[index], "face_index": k, "x1": x1, "y1": y1, "x2": x2,
-                    "y2": y2, "det_score": float(found.confidence[k]),
-                    "landmarks": found.landmarks[k].reshape(-1).tolist(), "crop": crops[k].tobytes(),
-                })
         closing = {"kind": SEGMENT, "video_id": segment.video_id, "segment_index": segment.segment_index,
                    "frames_index": decoded, "frames_pts_s": [pts_of[i] for i in decoded],
                    "frames_face_count": counts, "frames_small_faces": small, "face_rows": len(faces),
                    "frames_lost": len(segment.frame_index) - len(decoded)}
         return faces + [closing]
+
+    def face_rows(self, segment: Segment, index: int, pts_s: float, frame: np.ndarray, found: Detections) -> list[dict]:
+        """One row per face: box and keypoints in source pixels, pose, size, sharpness and the crop."""
+        if self.align:
+            cut = crops.aligned_crops(frame, found.landmarks, self.margin, self.crop_size)
+        else:
+            cut = crops.square_crops(frame, found.xyxy, self.margin, self.crop_size)
+        quality = {
+            "roll_deg": crops.roll_degrees(found.landmarks),
+            **dict(zip(("yaw_deg", "pitch_deg"), crops.yaw_pitch_degrees(found.landmarks))),
+            "sharpness": crops.sharpness(frame, found.landmarks),
+        }
+        xyxy = found.xyxy * segment.source_scale  # boxes are kept in source pixels
+        landmarks = found.landmarks * segment.source_scale
+        rows = []
+        for k in range(len(found)):
+            x1, y1, x2, y2 = xyxy[k].tolist()
+            rows.append({
+                "kind": FACE, "video_id": segment.video_id, "segment_index": segment.segment_index,
+                "frame_index": index, "pts_s": pts_s, "face_index": k, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                "det_score": float(found.confidence[k]), "landmarks": landmarks[k].reshape(-1).tolist(),
+                **{name: float(values[k]) for name, values in quality.items()},
+                "face_px": max(x2 - x1, y2 - y1), "crop": cut[k].tobytes(),
+            })
+        return rows
 
 
 def read_image_crops(batch: pa.Table, side: int) -> pa.Table:

@@ -5,8 +5,10 @@ SELECT video_id, * EXCLUDE (video_id)
 FROM {frames_files}
 SEMI JOIN videos USING (video_id, run_id);
 
+-- Every detected face. `usable` says whether it passed the quality.* thresholds; the summary views count
+-- only usable faces. Results written before quality existed have no such column: their faces count as usable.
 CREATE VIEW faces AS
-SELECT video_id, * EXCLUDE (video_id)
+SELECT video_id, * EXCLUDE (video_id) REPLACE (coalesce(usable, true) AS usable)
 FROM {faces_files}
 SEMI JOIN videos USING (video_id, run_id);
 

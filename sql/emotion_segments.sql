@@ -2,8 +2,8 @@
 -- each emotion's probability with a moving average centred on each frame over smooth_s seconds.
 -- A sampled frame stands for the time until the next sampled frame (the last one: until the video
 -- ends), so a track's segments cover exactly the time its face is present, without overlapping.
--- A segment ends where the emotion changes or the face is absent. mean_confidence is the mean
--- (unsmoothed) probability of the segment's emotion over its frames.
+-- Only usable faces count: a segment ends where the emotion changes or the face is absent or unusable.
+-- mean_confidence is the mean (unsmoothed) probability of the segment's emotion over its frames.
 CREATE MACRO emotion_segments(smooth_s) AS TABLE
 WITH spans AS (
     SELECT video_id, frame_index,
@@ -16,6 +16,7 @@ WITH spans AS (
     SELECT video_id, track_id, frame_index,
         avg(p_{label}) AS p_{label},
     FROM faces
+    WHERE usable
     GROUP BY video_id, track_id, frame_index
 ), smoothed AS (
     SELECT video_id, track_id, frame_seq, start_s, end_s,

@@ -1,7 +1,9 @@
 -- timeline(bucket_s): per video, per face track, per time bucket of bucket_s seconds: the mean
--- probability of each emotion, the dominant one, faces seen and frames sampled.
+-- probability of each emotion over the usable faces, the dominant one, faces seen, how many of them
+-- were usable, and frames sampled.
 -- Faces without a track (tracking off) share the NULL track. A bucket with sampled frames but no
--- face has one row with faces_seen = 0 and NULL probabilities.
+-- face has one row with faces_seen = 0 and NULL probabilities; one whose faces were all unusable has
+-- usable_faces = 0 and NULL probabilities.
 CREATE MACRO timeline(bucket_s) AS TABLE
 WITH sampled AS (
     SELECT video_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, count(*) AS frames_sampled
@@ -9,7 +11,8 @@ WITH sampled AS (
     GROUP BY video_id, bucket
 ), seen AS (
     SELECT video_id, track_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, count(*) AS faces_seen,
-        avg(p_{label}) AS p_{label},
+        count(*) FILTER (WHERE usable) AS usable_faces,
+        avg(p_{label}) FILTER (WHERE usable) AS p_{label},
     FROM faces
     GROUP BY video_id, track_id, bucket
 )
@@ -19,6 +22,7 @@ SELECT
     (bucket + 1) * bucket_s::DOUBLE AS end_s,
     frames_sampled,
     coalesce(faces_seen, 0) AS faces_seen,
+    coalesce(usable_faces, 0) AS usable_faces,
     dominant([
         p_{label},
     ]) AS emotion,

@@ -1,14 +1,16 @@
--- One row per face track: when it was first and last seen, in how many sampled frames, the emotion
--- its mean probabilities favour, and the mean probability of each emotion.
+-- One row per face track: when it was first and last seen, in how many sampled frames (how many of
+-- them with a usable face), the emotion its mean probabilities over usable faces favour, and the mean
+-- probability of each emotion over them.
 CREATE VIEW tracks AS
 SELECT
     video_id, track_id,
     min(pts_s) AS first_s, max(pts_s) AS last_s,
     count(*) AS frames,
+    count(*) FILTER (WHERE usable) AS usable_frames,
     dominant([
-        avg(p_{label}),
+        avg(p_{label}) FILTER (WHERE usable),
     ]) AS dominant_emotion,
-    avg(p_{label}) AS mean_{label},
+    avg(p_{label}) FILTER (WHERE usable) AS mean_{label},
 FROM faces
 WHERE track_id IS NOT NULL
 GROUP BY video_id, track_id

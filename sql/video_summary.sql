@@ -1,17 +1,18 @@
--- One row per video: how much of it shows a face, which emotion most faces show and the share of
--- faces showing it (ties go to the label order), the mean probability of each emotion, and the
--- moment (pts_s) each emotion peaks with its probability there. One pass over faces.
+-- One row per video: how much of it shows a face, how many faces were usable (usable_share: the rest
+-- were too small, turned away, blurred or doubtful), which emotion most usable faces show and their
+-- share showing it (ties go to the label order), the mean probability of each emotion, and the moment
+-- (pts_s) each emotion peaks with its probability there, all over usable faces. One pass over faces.
 CREATE VIEW video_summary AS
 WITH frame_counts AS (
     SELECT video_id, count(*) AS sampled_frames, count(*) FILTER (WHERE face_count > 0) AS frames_with_face
     FROM frames
     GROUP BY video_id
 ), face_stats AS (
-    SELECT video_id, count(*) AS faces,
-        count(*) FILTER (WHERE emotion = '{label}') AS n_{label},
-        avg(p_{label}) AS mean_{label},
-        arg_max(pts_s, p_{label}) AS peak_{label}_s,
-        max(p_{label}) AS peak_{label},
+    SELECT video_id, count(*) AS faces, count(*) FILTER (WHERE usable) AS usable_faces,
+        count(*) FILTER (WHERE usable AND emotion = '{label}') AS n_{label},
+        avg(p_{label}) FILTER (WHERE usable) AS mean_{label},
+        arg_max(pts_s, p_{label}) FILTER (WHERE usable) AS peak_{label}_s,
+        max(p_{label}) FILTER (WHERE usable) AS peak_{label},
     FROM faces
     GROUP BY video_id
 )
@@ -21,12 +22,14 @@ SELECT
     coalesce(frames_with_face, 0) AS frames_with_face,
     frames_with_face / nullif(frame_counts.sampled_frames, 0) AS face_share,
     coalesce(face_stats.faces, 0) AS faces,
-    dominant([
+    coalesce(usable_faces, 0) AS usable_faces,
+    usable_faces / nullif(face_stats.faces, 0) AS usable_share,
+    CASE WHEN usable_faces > 0 THEN dominant([
         n_{label},
-    ]) AS dominant_emotion,
+    ]) END AS dominant_emotion,
     list_max([
         n_{label},
-    ]) / face_stats.faces AS dominant_share,
+    ]) / nullif(usable_faces, 0) AS dominant_share,
     mean_{label},
     peak_{label}_s, peak_{label},
 FROM videos

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.assemble import Assembler
-from pipeline.config import TrackingConfig
+from pipeline.config import QualityConfig, TrackingConfig
 from pipeline.finalize import finalize
 from pipeline.schema import FACE, SEGMENT, faces_schema, scored_schema
 
@@ -20,6 +20,7 @@ def face(video_id: str, segment: int, frame: int, index: int = 0, happy: float =
     return {"kind": FACE, "video_id": video_id, "segment_index": segment, "frame_index": frame,
             "pts_s": frame / 5, "face_index": index, "x1": 10.0 + 40 * index, "y1": 10.0,
             "x2": 40.0 + 40 * index, "y2": 40.0, "det_score": 0.9, "landmarks": [0.0] * 10,
+            "roll_deg": 0.0, "yaw_deg": 0.0, "pitch_deg": 0.0, "face_px": 30.0, "sharpness": 0.5,
             "p_happy": happy, "p_sad": 1 - happy}
 
 
@@ -83,7 +84,7 @@ def finished(*rows: dict, segments: int = 1):
     assembler = Assembler()
     assembler.expect("v", segments)
     [video] = assembler.add(batch(*rows)).completed
-    return finalize(video, LABELS, "run1", TrackingConfig())
+    return finalize(video, LABELS, "run1", TrackingConfig(), QualityConfig(min_face_px=20))
 
 
 def test_finalize_gives_the_tables_in_frame_order_with_tracks_and_labels():

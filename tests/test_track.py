@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import TrackingConfig, load_config
+from pipeline.config import QualityConfig, TrackingConfig, load_config
 from pipeline.errors import FervidError
 from pipeline.finalize import faces_table
 from pipeline.runner import Runner
@@ -80,13 +80,15 @@ def test_faces_table_with_tracking_off_has_null_tracks_and_the_same_columns():
         "frame_index": pa.array(frame_index, pa.int32()), "pts_s": pts, "face_index": pa.array([0] * 3, pa.int16()),
         **{name: pa.array(xyxy[:, i], pa.float32()) for i, name in enumerate(("x1", "y1", "x2", "y2"))},
         "det_score": pa.array(score, pa.float32()), "landmarks": pa.array([[0.0] * 10] * 3, pa.list_(pa.float32(), 10)),
+        **{name: pa.array([0.0] * 3, pa.float32()) for name in ("roll_deg", "yaw_deg", "pitch_deg", "sharpness")},
+        "face_px": pa.array([40.0] * 3, pa.float32()),
         "p_happy": pa.array([0.2, 0.4, 0.9], pa.float32()), "p_sad": pa.array([0.8, 0.6, 0.1], pa.float32()),
     })
-    on = faces_table(rows, ["happy", "sad"], "run", TrackingConfig())
+    on = faces_table(rows, ["happy", "sad"], "run", TrackingConfig(), QualityConfig())
     assert on["track_id"].to_pylist() == [0, 0, 0]
     assert on["emotion"].to_pylist() == ["sad", "sad", "happy"]
     assert np.allclose(on["confidence"].to_numpy(), [0.8, 0.6, 0.9])
-    off = faces_table(rows, ["happy", "sad"], "run", TrackingConfig(enabled=False))
+    off = faces_table(rows, ["happy", "sad"], "run", TrackingConfig(enabled=False), QualityConfig())
     assert off.schema == on.schema == faces_schema(["happy", "sad"])
     assert off["track_id"].null_count == 3 and off.drop_columns(["track_id"]).equals(on.drop_columns(["track_id"]))
 

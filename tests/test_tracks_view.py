@@ -17,6 +17,8 @@ def test_tracks_view_matches_the_faces_table(analysed):
     for row in tracks.itertuples():
         mine = tracked[(tracked.video_id == row.video_id) & (tracked.track_id == row.track_id)]
         assert (row.frames, row.first_s, row.last_s) == (len(mine), mine.pts_s.min(), mine.pts_s.max())
+        mine = mine[mine.usable]  # the emotions are read from usable faces only
+        assert row.usable_frames == len(mine)
         means = np.array([mine[f"p_{label}"].mean() for label in labels])
         assert np.allclose([getattr(row, f"mean_{label}") for label in labels], means, atol=1e-6)
         assert row.dominant_emotion == labels[int(means.argmax())]
