@@ -14,6 +14,7 @@ import pytest
 from pipeline import crop
 from pipeline.config import CropConfig, DetectorConfig, QualityConfig, SamplingConfig
 from pipeline.decode import probe, read_frames
+from pipeline.detect import FaceDetector
 from pipeline.finalize import usable
 from pipeline.plan import plan_segments
 from pipeline.schema import FACE
@@ -133,3 +134,50 @@ def test_a_face_shrunk_below_the_minimum_is_unusable(stage, frames, tmp_path):
     rows = faces_of(stage, write_video(tmp_path / "small.mp4", small, fps=5))
     assert all(r["face_px"] < QualityConfig().min_face_px for r in rows)
     assert not usable(pa.Table.from_pylist(rows), QualityConfig()).any()
+
+
+@pytest.fixture(scope="module")
+def sideways(shared, frames, test_config, tmp_path_factory):
+    """RESULTS of one real run over an upright copy of a shared clip and a copy stored turned 90 degrees
+    clockwise without rotation metadata, and the folder of the two copies."""
+    from pipeline.runner import Runner
+
+    videos = tmp_path_factory.mktemp("sideways")
+    write_video(videos / "upright.mp4", frames, fps=5)
+    write_video(videos / "turned.mp4", (np.ascontiguousarray(np.rot90(f, -1)) for f in frames), fps=5)
+    out = tmp_path_factory.mktemp("results")
+    assert Runner(videos, out, test_config, show_progress=False).run().counts["ok"] == 2
+    return out, videos
+
+
+def upright_roll(detector: FaceDetector, image_rgb: np.ndarray) -> float:
+    """The roll of the one face in the image (padded: SCRFD misses a face that fills its whole input)."""
+    side = max(image_rgb.shape[:2]) // 2
+    found = detector.detect(cv2.copyMakeBorder(image_rgb, side, side, side, side, cv2.BORDER_CONSTANT))
+    assert len(found) == 1
+    return float(crop.roll_degrees(found.landmarks)[0])
+
+
+def test_a_video_stored_sideways_is_read_reported_and_annotated_upright(shared, sideways, tmp_path):
+    from pipeline.cli import main
+    from pipeline.query import connect
+
+    results, videos = sideways
+    con = connect(results)
+    roll = dict(con.sql("SELECT regexp_extract(path, '[^/]+$'), median(roll_deg) FROM faces JOIN videos "
+                        "USING (video_id) GROUP BY ALL").fetchall())
+    assert roll["turned.mp4"] - roll["upright.mp4"] == pytest.approx(90, abs=4)
+    detector = FaceDetector(str(shared / "models" / "scrfd_500m_bnkps.onnx"))
+
+    assert main(["report", str(results), "--out", str(tmp_path / "report")]) == 0
+    [(turned_id,)] = con.sql("SELECT video_id FROM videos WHERE path LIKE '%turned.mp4'").fetchall()
+    thumbs = sorted((tmp_path / "report" / "thumbs").glob(f"{turned_id}-*.jpg"))
+    assert thumbs
+    for thumb in thumbs:  # each key moment's face shown upright, as the classifier saw it
+        assert abs(upright_roll(detector, cv2.cvtColor(cv2.imread(str(thumb)), cv2.COLOR_BGR2RGB))) < 15
+
+    assert main(["annotate", str(results), "--video", str(videos / "turned.mp4"),
+                 "--out", str(tmp_path / "annotated.mp4")]) == 0
+    [first] = read_frames(str(tmp_path / "annotated.mp4"), "pyav", [0])
+    assert first[1].shape == (360, 640, 3)  # written upright: the stored video is 360 wide, 640 high
+    assert abs(upright_roll(detector, first[1])) < 15

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.bench_query import synthetic_record, synthetic_tables
-from pipeline import query
+from pipeline import query, schema
 from pipeline.cli import main
 from pipeline.results import ResultsStore
 from tests.test_cli import assert_one_line_error, fervid
@@ -290,3 +291,20 @@ def test_only_the_latest_ok_run_counts_and_labels_follow_the_files(tmp_path, cap
     columns = con.sql("SELECT * FROM video_summary").columns
     assert {"mean_calm", "peak_tense_s", "peak_tense"} <= set(columns) and not any("angry" in c for c in columns)
     assert {r["emotion"] for r in rows(con, "SELECT emotion FROM timeline")} <= {"calm", "tense"}
+
+
+def test_results_from_before_quality_existed_count_every_face_as_usable(tmp_path):
+    """A faces file without the quality columns (written before they existed) beside a new one: the views
+    read both, the old faces as usable, the new ones as their column says."""
+    labels, rng = ["calm", "tense"], np.random.default_rng(1)
+    store = ResultsStore(tmp_path)
+    old_faces, old_frames = synthetic_tables(4, labels, "old", rng)
+    store.write_video("old", "old", old_faces.drop_columns([name for name, _ in schema.FACE_QUALITY] + ["usable"]), old_frames)
+    new_faces, new_frames = synthetic_tables(50, labels, "new", rng)
+    store.write_video("new", "new", new_faces, new_frames)
+    store.write_records("old", [synthetic_record("old", "old", 4)])
+    store.write_records("new", [synthetic_record("new", "new", 50)])
+    summary = {r["video_id"]: r for r in rows(query.connect(tmp_path), "SELECT * FROM video_summary")}
+    assert (summary["old"]["faces"], summary["old"]["usable_faces"]) == (4, 4)
+    usable = int(pc.sum(new_faces["usable"].cast("int64")).as_py())
+    assert summary["new"]["usable_faces"] == usable and 0 < usable < 50

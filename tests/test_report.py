@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from pipeline.decode import probe
 from pipeline.errors import FervidError
 from pipeline.presentation import emotion_colours, labels_of
 from pipeline.query import latest_records
-from pipeline.report import THUMB_PX
+from pipeline.report import THUMB_PX, UNUSABLE_COLOUR
 from pipeline.results import ResultsStore
 from pipeline.schema import VIDEOS_SCHEMA
 
@@ -136,6 +137,13 @@ def test_video_page_draws_the_timeline_segments_and_key_moments(report, con, ids
     assert hover[0].endswith(" s") and 0 < float(hover[0].removesuffix(" s")) < 20
     assert {f"{label} : " for label in labels} <= {text.split(":")[0] + ": " for text in hover}
     assert any(text.startswith("dominant : ") for text in hover)
+
+    # she looks down at times: those stretches are grey, no emotion stacked (see test_query's usable_share)
+    [figure] = json.loads(page.locator("#figures").text_content())
+    dominant = figure["data"][-1]
+    unusable = [i for i, why in enumerate(dominant["customdata"]) if why == "unusable face"]
+    assert unusable and {dominant["marker"]["color"][i] for i in unusable} == {UNUSABLE_COLOUR}
+    assert all(trace["y"][i] == 0 for trace in figure["data"][:-1] for i in unusable)
 
     expected = con.sql("SELECT * FROM emotion_segments WHERE video_id = $id ORDER BY track_id, start_s",
                        params={"id": video_id}).to_dicts()
