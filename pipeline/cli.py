@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", "an HTML page per analysed video and a sortable index.html", add_report_arguments, cmd_report),
         ("annotate", "a video's sampled frames with face boxes, emotions and tracks drawn on, as MP4",
          add_annotate_arguments, cmd_annotate),
+        ("forget", "remove a person (faces, track embeddings, person id) or every face embedding from results",
+         add_forget_arguments, cmd_forget),
         ("eval", "a classifier's accuracy on a folder of labelled face images", add_eval_arguments, cmd_eval),
         ("finetune", "fine-tune a classifier on a folder of labelled face images", add_finetune_arguments,
          cmd_finetune),
@@ -85,10 +87,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a run takes and whom it names, shared by run and submit."""
     for flag, what in (("include", "only videos whose path under VIDEOS matches (* crosses folders)"),
                        ("exclude", "leave out videos whose path under VIDEOS matches")):
         parser.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB",
                             help=f"{what}; repeatable, added to inputs.{flag}")
+    parser.add_argument("--gallery", metavar="DIR", help="name people: a folder holding a folder of photos per person "
+                        "name (identity.gallery)")
 
 
 def load_run_config(args: argparse.Namespace) -> Config:
@@ -98,6 +103,8 @@ def load_run_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config, args.overrides)
     config.inputs.include += args.include
     config.inputs.exclude += args.exclude
+    if args.gallery:
+        config.identity.gallery = args.gallery
     return config
 
 
@@ -246,6 +253,26 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     written, sampled = annotate(args.results, args.video, args.out)
     print(f"wrote {args.out}: {written} of {sampled} sampled frames")
+    return 0
+
+
+def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--person", metavar="ID", help="the person_id to remove (see the people view)")
+    which.add_argument("--all", action="store_true", help="delete every face embedding and person id, keep emotions")
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from pipeline.forget import forget_all, forget_person
+
+    if args.all:
+        files = forget_all(args.results)
+        print(f"deleted the face embeddings of {files} video{'s' * (files != 1)} and every person id")
+        return 0
+    gone = forget_person(args.results, args.person)
+    print(f"forgot {args.person}: {gone.faces} faces and {gone.tracks} track embedding{'s' * (gone.tracks != 1)} "
+          f"in {gone.videos} video{'s' * (gone.videos != 1)}")
     return 0
 
 

@@ -98,6 +98,20 @@ class TrackingConfig:
 
 
 @dataclass
+class IdentityConfig:
+    """Who is who: face embeddings, tracks cut where the person changes, person ids across the results folder."""
+
+    enabled: bool = True  # false: no embeddings computed or stored, no person ids
+    model: str | None = None  # ArcFace-style recognition .onnx (112x112); null: the detector pack's (w600k_*.onnx)
+    min_face_px: float = 40.0  # smaller faces (box side, source pixels) are not embedded
+    fps: float = 2.0  # at most this many sampled frames per second of video have their faces embedded
+    split_similarity: float = 0.2  # a track is cut where 2 embedded faces in a row are less similar to it
+    same_person: float = 0.5  # a track joins the most similar person at least this similar, else a new one
+    gallery: str | None = None  # a folder holding a folder of photos per person name
+    gallery_similarity: float = 0.5  # a person takes the most similar gallery name at least this similar
+
+
+@dataclass
 class Config:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -106,6 +120,7 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,8 +148,20 @@ class Config:
                            "dtype": c.dtype, "quantize": c.quantize, "runtime": c.runtime,
                            "temperature": temperature(c, resolve_classifier(c.model, c.revision))},
             "tracking": dataclasses.asdict(self.tracking),
+            "identity": self._identity_key(),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _identity_key(self) -> dict[str, Any] | bool:
+        """What of identity changes a video's tables (embeddings, track cuts); people and names are assigned
+        over the whole folder after every run, so same_person and the gallery are not part of it."""
+        from pipeline.models import file_digest, resolve_recognizer
+
+        i = self.identity
+        if not i.enabled:
+            return False
+        return {"model": file_digest(resolve_recognizer(i.model, self.detector.model)), "min_face_px": i.min_face_px,
+                "fps": i.fps, "split_similarity": i.split_similarity}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -244,7 +271,9 @@ def _apply_override(config: Config, item: str) -> tuple[str, Any]:
 
 def _resolve_model_paths(config: Config, base: Path) -> None:
     """A model named by a relative path that exists beside the config file becomes absolute."""
-    for section in (config.detector, config.classifier):
+    for section in (config.detector, config.classifier, config.identity):
+        if section.model is None:
+            continue
         candidate = base / section.model
         if not Path(section.model).is_absolute() and (candidate.exists() or section.model.startswith(".")):
             section.model = str(candidate.resolve())
@@ -301,6 +330,13 @@ def _check(config: Config) -> None:
     for section, resources in (("detector", d.resources), ("classifier", c.resources)):
         if any(amount < 0 for amount in resources.values()):
             raise FervidError(f"{section}.resources amounts must not be negative")
+    i = config.identity
+    if i.fps <= 0 or i.min_face_px < 0:
+        raise FervidError("identity.fps must be positive and identity.min_face_px not negative")
+    for key, value in (("identity.split_similarity", i.split_similarity), ("identity.same_person", i.same_person),
+                       ("identity.gallery_similarity", i.gallery_similarity)):
+        if not -1 < value < 1:
+            raise FervidError(f"{key} must be between -1 and 1 (a cosine similarity)")
     t = config.tracking
     for key, value in (("tracking.high_score", t.high_score), ("tracking.match_iou", t.match_iou)):
         if not 0 < value < 1:

@@ -94,6 +94,11 @@ def sharpness(frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return values
 
 
+def warp_to_template(frame: np.ndarray, a: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
+    """(N, size, size, 3) crops of exactly the template square: the alignment face-recognition models expect."""
+    return _warp_all(frame, a, t, 0.5 + 0.5j, 1.0, size)
+
+
 def upright_patches(frame: np.ndarray, landmarks: np.ndarray, margin: float, size: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aligned crops with the geometry to map their pixels back: frame pixel = origin + step * (u + iv)."""

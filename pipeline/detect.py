@@ -129,6 +129,7 @@ class FaceDetector:
         self.model.prepare(ctx_id=0 if on_gpu else -1, input_size=(det_size, det_size), det_thresh=threshold)
         self.providers: list[str] = self.model.session.get_providers()  # what ONNX Runtime actually uses
         self.det_size = det_size
+        self.device = "cuda" if on_gpu else "cpu"
         self.min_face_px = min_face_px
         self.max_faces = max_faces
 

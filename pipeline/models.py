@@ -128,6 +128,22 @@ def resolve_detector(model: str) -> Path:
     return found[0]
 
 
+def resolve_recognizer(model: str | None, detector: str) -> Path:
+    """The face-recognition .onnx of identity.model, or (None) the recognition model of the InsightFace pack the
+    detector comes from (buffalo_l: w600k_r50.onnx)."""
+    if model is not None:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise FervidError(f"identity model not found: {model}")
+        return path
+    found = sorted(resolve_detector(detector).parent.glob("w600k_*.onnx"))
+    if not found:
+        raise FervidError(f"identity.model is not set and the detector {detector} has no w600k_*.onnx recognition "
+                          "model beside it (as an InsightFace pack has): set identity.model to a recognition .onnx, "
+                          "or identity.enabled: false")
+    return found[0]
+
+
 @functools.lru_cache(maxsize=8)
 def resolve_classifier(model: str, revision: str | None = None) -> ClassifierSpec:
     """Read the classifier's config and preprocessor JSON (no weights, no transformers import: the

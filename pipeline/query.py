@@ -27,9 +27,12 @@ _PACKAGE = Path(__file__).resolve().parent
 SQL_DIR = _PACKAGE / "sql" if (_PACKAGE / "sql").is_dir() else _PACKAGE.parent / "sql"
 RECORD_FILES = ("records.sql",)  # needs only the videos table
 VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql",
-              "transitions.sql", "tracks.sql", "report.sql")
-TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet"}
-TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1}  # folders between a table's folder and its files
+              "transitions.sql", "tracks.sql", "people.sql", "report.sql")
+# The tables the views read (not `tracks`: embeddings stay out of SQL); `people` may not exist yet
+TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet",
+               "people": "people/*.parquet"}
+TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1, "people": 0}  # folders between a table's folder and its files
+OPTIONAL_TABLES = {"people": schema.PEOPLE_SCHEMA}  # read as empty where absent (identity off, or not run yet)
 DICTIONARY_COLUMNS = ("run_id", "emotion")
 # Columns newer than some results folders: files without them read as NULL, so the views work over old runs too
 ADDED_COLUMNS = {"faces": pa.schema([*schema.FACE_QUALITY, ("usable", pa.bool_())])}
@@ -82,7 +85,10 @@ def view_sql(results_dir: str | Path) -> str:
         raise FervidError(f"{root.uri}: --print-views needs a local results folder (the views read files by path)")
     sources = {}
     for table, pattern in TABLE_FILES.items():
-        hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if table != "videos" else ""
+        if table in OPTIONAL_TABLES and not files[table]:
+            sources[table] = _empty_relation(OPTIONAL_TABLES[table])
+            continue
+        hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if TABLE_DEPTH[table] else ""
         path = str(Path(root.path, pattern)).replace("'", "''")
         sources[table] = f"read_parquet('{path}'{hive}, union_by_name = true)"
     return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])))
@@ -159,7 +165,15 @@ def _results(results_dir: str | Path | storage.Location) -> tuple[storage.Locati
     return root, files
 
 
-def _table_files(root: storage.Location, tables: tuple[str, ...] = schema.TABLES) -> dict[str, list[storage.Location]]:
+def _empty_relation(table_schema: pa.Schema) -> str:
+    """SQL for a table with the schema's columns and no rows."""
+    types = {pa.string(): "VARCHAR", pa.int32(): "INTEGER"}
+    columns = ", ".join(f"NULL::{types[f.type]} AS {f.name}" for f in table_schema)
+    return f"(SELECT {columns} WHERE false)"
+
+
+def _table_files(root: storage.Location, tables: tuple[str, ...] = tuple(TABLE_FILES)
+                 ) -> dict[str, list[storage.Location]]:
     """Each table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out)."""
     files = {}
     for table in tables:
@@ -178,11 +192,13 @@ def _dataset(root: storage.Location, table: str, files: list[storage.Location]) 
     Strings with few values (video_id, run_id, emotion) arrive dictionary-encoded, which DuckDB
     joins and groups on several times faster than plain strings.
     """
+    if not files and table in OPTIONAL_TABLES:
+        return ds.dataset(OPTIONAL_TABLES[table].empty_table())
     one_per_run = {loc.name: loc for loc in files}.values()
     added = [ADDED_COLUMNS[table]] if table in ADDED_COLUMNS else []
     schema = pa.unify_schemas([storage.read_schema(loc) for loc in one_per_run] + added)
     paths = [loc.path for loc in files]
-    if table == "videos":
+    if TABLE_DEPTH[table] == 0:
         return ds.dataset(paths, schema=schema, format="parquet", filesystem=root.fs)
     codes = pa.dictionary(pa.int32(), pa.string())
     schema = pa.schema([f.with_type(codes) if f.name in DICTIONARY_COLUMNS else f for f in schema])

@@ -68,7 +68,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
     shown = {row["video_id"] for row in rows}
     duplicates = [d for d in _sql(con, "SELECT * FROM duplicates") if d["video_id"] in shown]
-    _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates,
+    people = _people(con, shown)
+    _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates, people=people,
                                                                      colours=colours, results=root.uri))
     return out / "index.html"
 
@@ -89,8 +90,21 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Pat
     config.pop("inputs", None)  # which files a run took, not how this one was analysed
     crop = CropConfig(**{"align": False, **config.get("crop", {})})  # runs from before alignment cut square crops
     missing = _thumbnails(video, moments, crop, out)
+    people = {t["track_id"]: t for t in _sql(con, "SELECT track_id, person_id, person_name FROM tracks "
+                                                   "WHERE video_id = $id AND person_id IS NOT NULL", **params)}
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
-            "config": config, "bucket_s": bucket_s, **_charts(timeline, labels, colours, video["duration_s"])}
+            "config": config, "bucket_s": bucket_s, "people": people,
+            **_charts(timeline, labels, colours, video["duration_s"])}
+
+
+def _people(con: duckdb.DuckDBPyConnection, shown: set[str]) -> list[dict]:
+    """The people view's rows of the people in the shown videos, each with those videos (path, id)."""
+    videos: dict[str, list[dict]] = {}
+    for row in _sql(con, "SELECT * FROM person_videos"):
+        if row["video_id"] in shown:
+            videos.setdefault(row["person_id"], []).append(row)
+    return [{**person, "in": videos[person["person_id"]]} for person in _sql(con, "SELECT * FROM people")
+            if person["person_id"] in videos]
 
 
 def _key_moments(con: duckdb.DuckDBPyConnection, video: dict, labels: list[str]) -> list[dict]:

@@ -1,7 +1,7 @@
 """The results folder (local, or at an object-store URI): Parquet tables written atomically, run records, the lock.
 
-    faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet
-    videos/<run>.parquet                runs/<run>.json
+    faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet   tracks/video_id=<id>/<run>.parquet
+    videos/<run>.parquet                runs/<run>.json                      people/people.parquet
 
 A video's files are complete before its record lands in videos/; the record is the commit.
 Superseded files of a video are removed only after the new record is in.
@@ -26,9 +26,10 @@ from pyarrow.fs import FileType
 
 from pipeline import query, storage
 from pipeline.errors import FervidError
-from pipeline.schema import OK, PER_VIDEO_TABLES, TABLES, VIDEOS_SCHEMA
+from pipeline.schema import OK, PEOPLE_SCHEMA, PER_VIDEO_TABLES, TABLES, VIDEOS_SCHEMA
 
 OBJECT_LOCK_EXPIRES_S = 24 * 3600  # a results lock on an object store older than this is taken as left behind
+PEOPLE_FILE = "people.parquet"
 
 class ResultsStore:
     """Writes one RESULTS folder, local or at an object-store URI. What counts as done is the views' rule."""
@@ -96,9 +97,29 @@ class ResultsStore:
         latest = query.latest_records(self.root)
         return {r["video_id"] for r in latest.to_pylist() if r["status"] == OK and r["config_fingerprint"] == fingerprint}
 
-    def write_video(self, video_id: str, run_id: str, faces: pa.Table, frames: pa.Table) -> None:
-        for name, table in zip(PER_VIDEO_TABLES, (faces, frames)):
-            storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), _parquet(table))
+    def write_video(self, video_id: str, run_id: str, faces: pa.Table, frames: pa.Table,
+                    tracks: pa.Table | None = None) -> None:
+        """A video's tables, each written whole (tracks only with identity on)."""
+        for name, table in zip(PER_VIDEO_TABLES, (faces, frames, tracks)):
+            if table is not None:
+                storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), _parquet(table))
+
+    def read_video_table(self, name: str, video_id: str, run_id: str) -> pa.Table | None:
+        """One of a video's tables as a run wrote it; None where that run wrote none."""
+        location = self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet")
+        if storage.stat(location).type != FileType.File:
+            return None
+        return pq.read_table(pa.BufferReader(storage.read_bytes(location)))
+
+    def write_people(self, people: pa.Table) -> None:
+        """The person of every track, replacing the last assignment whole (one object, written atomically)."""
+        storage.write_bytes(self.root.child("people", PEOPLE_FILE), _parquet(people))
+
+    def read_people(self) -> pa.Table:
+        location = self.root.child("people", PEOPLE_FILE)
+        if storage.stat(location).type != FileType.File:
+            return PEOPLE_SCHEMA.empty_table()
+        return pq.read_table(pa.BufferReader(storage.read_bytes(location))).cast(PEOPLE_SCHEMA)
 
     def write_records(self, run_id: str, records: list[dict]) -> None:
         """This run's video records so far: the whole file is replaced, never appended to."""

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import storage
@@ -29,7 +30,10 @@ from pipeline.decode import VideoInfo
 from pipeline.errors import FervidError, first_line
 from pipeline.executor import connect, graph
 from pipeline.finalize import finalize
-from pipeline.models import ClassifierSpec, file_digest, resolve_models
+from pipeline.embed import gallery_embeddings
+from pipeline.identity import TrackEmbedding, assign_people, name_people, people_table
+from pipeline.models import ClassifierSpec, file_digest, resolve_models, resolve_recognizer
+from pipeline.query import latest_records
 from pipeline.plan import VideoFile, discover, plan_segments
 from pipeline.progress import Console, Progress, StatusLine, Steps
 from pipeline.results import ResultsStore
@@ -52,12 +56,14 @@ class RunSummary:
     small_faces: int = 0  # found but under detector.min_face_px, so not classified
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped path, path analysed instead)
     log: str | None = None  # where this process's own output went (Ray's, FFmpeg's), when it was captured
+    people: int | None = None  # identity on: people in the whole results folder after this run
 
     def line(self) -> str:
         c = self.counts
         rate = self.frames / self.wall_s if self.wall_s else 0.0
         return (f"run {self.run_id}: {c[OK]} ok, {c[FAILED]} failed, {c[SKIPPED]} skipped{self._duplicates()}; "
-                f"{self.frames} frames, {self.faces} faces in {self.wall_s:.1f}s ({rate:.1f} frames/s)")
+                f"{self.frames} frames, {self.faces} faces in {self.wall_s:.1f}s ({rate:.1f} frames/s)"
+                + (f"; {self.people} people in the results" if self.people is not None else ""))
 
     def _duplicates(self) -> str:
         """ (2 duplicates: b.mp4 = a.mp4, c.mp4 = a.mp4), the first few named."""
@@ -85,6 +91,8 @@ class _Models:
     detector_revision: str  # a content hash of the detector's file
     spec: ClassifierSpec
     fingerprint: str
+    recognizer_path: Path | None  # identity on: the face-recognition model
+    gallery: dict[str, np.ndarray] | None  # identity.gallery: a unit embedding per person name
 
 
 class Runner:
@@ -127,8 +135,30 @@ class Runner:
         if todo:
             self._analyse(todo)
         self.store.write_records(self.run_id, self.records)
+        if self.config.identity.enabled:
+            self._assign_people()
         self.summary.wall_s = time.monotonic() - self.started
         self.store.write_run(self.run_id, self._run_record(started_at))
+
+    def _assign_people(self) -> None:
+        """Person ids for every analysed track in the folder, earlier ones kept; names from the gallery (this
+        run's, else the last assignment's). The people table is replaced whole."""
+        tracks = []
+        for record in latest_records(self.store.root).to_pylist():
+            table = self.store.read_video_table("tracks", record["video_id"], record["run_id"]) \
+                if record["status"] == OK else None
+            for row in (table.to_pylist() if table is not None else []):
+                tracks.append(TrackEmbedding(record["video_id"], record["run_id"], row["track_id"],
+                                             np.asarray(row["embedding"], np.float32)))
+        before = self.store.read_people().to_pylist()
+        previous = {(r["video_id"], r["run_id"], r["track_id"]): r["person_id"] for r in before}
+        assigned = assign_people(tracks, previous, self.config.identity.same_person)
+        if self.models.gallery is not None:
+            names = name_people(assigned, tracks, self.models.gallery, self.config.identity.gallery_similarity)
+        else:
+            names = {r["person_id"]: r["person_name"] for r in before if r["person_name"]}
+        self.store.write_people(people_table(assigned, names))
+        self.summary.people = len(set(assigned.values()))
 
     def _capture_output(self) -> None:
         """From here on, what Ray, FFmpeg and the workers print goes to the run's log, not to the terminal:
@@ -148,9 +178,11 @@ class Runner:
             storage.write_bytes(self.store.root.child("logs", f"{self.run_id}.log"), self.console.log.read_bytes())
 
     def _resolve_models(self) -> _Models:
-        c = self.config.classifier
+        c, i = self.config.classifier, self.config.identity
         detector, spec = resolve_models(self.config.detector.model, c.model, c.revision)
-        return _Models(detector, file_digest(detector), spec, self.config.fingerprint())
+        recognizer = resolve_recognizer(i.model, self.config.detector.model) if i.enabled else None
+        gallery = gallery_embeddings(i.gallery, detector, recognizer) if i.enabled and i.gallery else None
+        return _Models(detector, file_digest(detector), spec, self.config.fingerprint(), recognizer, gallery)
 
     def _identify(self, files: list[VideoFile]) -> dict[str, VideoFile]:
         """Content ids; duplicates and videos already done with this config are skipped."""
@@ -180,7 +212,8 @@ class Runner:
         self.line.show("starting workers", final=True)
         try:
             if segments:
-                for batch in graph.stream_scores(segments, self.config, self.models.detector_path, self.models.spec):
+                for batch in graph.stream_scores(segments, self.config, self.models.detector_path, self.models.spec,
+                                                 self.models.recognizer_path):
                     self._take(batch, assembler, progress)
         except Exception as e:
             if connect.cancelled(e):  # the run itself was cancelled (Ctrl-C over ray://): stopped, not failed
@@ -223,10 +256,10 @@ class Runner:
         """Write a complete video's tables, then its record (the commit); a failed segment fails it whole."""
         video: _Video = completed.context
         finished = finalize(completed, list(self.models.spec.labels), self.run_id, self.config.tracking,
-                            self.config.quality)
+                            self.config.quality, self.config.identity)
         if finished.error is None:
             try:
-                self.store.write_video(completed.video_id, self.run_id, finished.faces, finished.frames)
+                self.store.write_video(completed.video_id, self.run_id, finished.faces, finished.frames, finished.tracks)
             except (OSError, FervidError) as e:
                 finished.error = f"cannot write results: {_io_reason(e)}"
         if finished.error is not None:

@@ -93,6 +93,7 @@ EXTRACT_SCHEMA = pa.schema([
     ("det_score", pa.float32()),
     ("landmarks", pa.list_(pa.float32(), 10)),
     *FACE_QUALITY,
+    ("embedding", pa.list_(pa.float32())),  # unit vector from identity.model; null where not embedded
     ("crop", pa.binary()),
     # SEGMENT rows only: the sampled frames and what was found in them
     ("frames_index", pa.list_(pa.int32())),
@@ -148,5 +149,21 @@ VIDEOS_SCHEMA = pa.schema([
 ])
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"  # videos.status
 
-TABLES = ("faces", "frames", "videos")
-PER_VIDEO_TABLES = ("faces", "frames")  # one folder per video_id, one file per run
+# `tracks/video_id=<id>/<run>.parquet` (identity on): per face track, the least identity needs. Biometric data.
+TRACKS_SCHEMA = pa.schema([
+    ("track_id", pa.int32()),
+    ("embedding", pa.list_(pa.float32())),  # mean of its embedded faces' embeddings, unit length
+    ("embedded_faces", pa.int32()),  # faces that went into it
+    ("consistency", pa.float32()),  # their mean cosine similarity to it
+    ("run_id", pa.string()),
+])
+
+# `people/people.parquet`: which person each track is, over the whole folder; rewritten whole after every run
+PEOPLE_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("run_id", pa.string()), ("track_id", pa.int32()),
+    ("person_id", pa.string()),  # p0001, p0002, ...: stable as videos are added
+    ("person_name", pa.string()),  # from identity.gallery, where a name matched
+])
+
+TABLES = ("faces", "frames", "tracks", "videos", "people")
+PER_VIDEO_TABLES = ("faces", "frames", "tracks")  # one folder per video_id, one file per run

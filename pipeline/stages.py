@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipeline import crop as crops
 from pipeline.classify import EmotionClassifier, Placement
-from pipeline.config import ClassifierConfig, CropConfig, DetectorConfig
+from pipeline.config import ClassifierConfig, CropConfig, DetectorConfig, IdentityConfig
 from pipeline.decode import read_frames
 from pipeline.detect import Detections, FaceDetector
 from pipeline.imagefolder import load_image
@@ -36,13 +36,21 @@ class DecodeDetectCrop:
 
     The first frame of a segment with faces settles which quarter turn makes them upright (a phone video
     stored sideways without rotation metadata); the segment's faces are then found in frames turned so.
+    With identity on, faces large enough in frames at most identity.fps per second of video are embedded,
+    the segment's crops in one batch.
     """
 
-    def __init__(self, detector: DetectorConfig, detector_path: str, crop: CropConfig, crop_size: int) -> None:
+    def __init__(self, detector: DetectorConfig, detector_path: str, crop: CropConfig, crop_size: int,
+                 identity: IdentityConfig | None = None, recognizer_path: str | None = None) -> None:
         self.detector = FaceDetector.from_config(detector, detector_path)
         self.margin = crop.margin
         self.align = crop.align
         self.crop_size = crop_size
+        self.identity = identity if identity is not None and identity.enabled else None
+        if self.identity is not None:
+            from pipeline.embed import FaceEmbedder
+
+            self.embedder = FaceEmbedder(recognizer_path, detector.threads, self.detector.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -63,16 +71,28 @@ class DecodeDetectCrop:
         frames = read_frames(path, segment.decoder, segment.frame_index, segment.rotation, segment.decode_size,
                              segment.pts_s)
         turn = None  # settled on the first frame with faces
+        to_embed: list[tuple[dict, np.ndarray]] = []  # face rows and their aligned recognition crops
+        embedded_at = None  # the identity.fps time slot of the last frame whose faces were embedded
         for index, frame in frames:
             found = self.detector.detect(frame, turn or 0)
             if turn is None and len(found):
                 turn = self.detector.upright_turn(frame, found)
                 found = self.detector.detect(frame, turn) if turn else found
             self.detector.upright_keypoints(frame, found)
-            faces.extend(self.face_rows(segment, index, pts_of[index], frame, found))
+            rows = self.face_rows(segment, index, pts_of[index], frame, found)
+            faces.extend(rows)
+            slot = int(pts_of[index] * self.identity.fps) if self.identity else None
+            if self.identity and slot != embedded_at and len(found):
+                embedded_at = slot
+                big = [k for k, row in enumerate(rows) if row["face_px"] >= self.identity.min_face_px]
+                to_embed += zip([rows[k] for k in big], self.embedder.crops(frame, found.landmarks[big]))
             decoded.append(index)
             counts.append(len(found))
             small.append(found.too_small)
+        if to_embed:
+            vectors = self.embedder.embed(np.stack([c for _, c in to_embed]))
+            for (row, _), vector in zip(to_embed, vectors):
+                row["embedding"] = vector.tolist()
         closing = {"kind": SEGMENT, "video_id": segment.video_id, "segment_index": segment.segment_index,
                    "frames_index": decoded, "frames_pts_s": [pts_of[i] for i in decoded],
                    "frames_face_count": counts, "frames_small_faces": small, "face_rows": len(faces),
@@ -149,8 +169,9 @@ class DecodeDetectClassify:
     cores between stages has to be guessed, and scored rows stream out from the first segment."""
 
     def __init__(self, detector: DetectorConfig, detector_path: str | Path, crop: CropConfig, crop_size: int,
-                 classifier: ClassifierConfig, spec: ClassifierSpec, placement: Placement) -> None:
-        self.extract = DecodeDetectCrop(detector, str(detector_path), crop, crop_size)
+                 classifier: ClassifierConfig, spec: ClassifierSpec, placement: Placement,
+                 identity: IdentityConfig | None = None, recognizer_path: str | None = None) -> None:
+        self.extract = DecodeDetectCrop(detector, str(detector_path), crop, crop_size, identity, recognizer_path)
         self.classify = Classify(classifier, spec, placement)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -7,10 +7,12 @@ SEMI JOIN videos USING (video_id, run_id);
 
 -- Every detected face. `usable` says whether it passed the quality.* thresholds; the summary views count
 -- only usable faces. Results written before quality existed have no such column: their faces count as usable.
+-- person_id and person_name: the person of the face's track, over the whole folder (identity on).
 CREATE VIEW faces AS
-SELECT video_id, * EXCLUDE (video_id) REPLACE (coalesce(usable, true) AS usable)
-FROM {faces_files}
-SEMI JOIN videos USING (video_id, run_id);
+SELECT f.video_id, f.* EXCLUDE (video_id) REPLACE (coalesce(f.usable, true) AS usable), p.person_id, p.person_name
+FROM {faces_files} f
+SEMI JOIN videos USING (video_id, run_id)
+LEFT JOIN {people_files} p ON p.video_id = f.video_id AND p.run_id = f.run_id AND p.track_id = f.track_id;
 
 -- The label with the highest value (a probability, a count) in a list ordered like the labels;
 -- ties go to the first label, as in faces.emotion. NULL when all values are NULL (no face).

@@ -13,13 +13,13 @@ WITH spans AS (
     FROM frames JOIN videos USING (video_id)
     WINDOW w AS (PARTITION BY video_id ORDER BY pts_s)
 ), track_frames AS (
-    SELECT video_id, track_id, frame_index,
+    SELECT video_id, track_id, frame_index, any_value(person_id) AS person_id,
         avg(p_{label}) AS p_{label},
     FROM faces
     WHERE usable
     GROUP BY video_id, track_id, frame_index
 ), smoothed AS (
-    SELECT video_id, track_id, frame_seq, start_s, end_s,
+    SELECT video_id, track_id, person_id, frame_seq, start_s, end_s,
         [
             p_{label},
         ] AS probs,
@@ -39,7 +39,7 @@ WITH spans AS (
     FROM starts
 )
 SELECT
-    video_id, track_id, emotion,
+    video_id, track_id, any_value(person_id) AS person_id, emotion,
     min(start_s) AS start_s,
     max(end_s) AS end_s,
     max(end_s) - min(start_s) AS duration_s,

@@ -6,6 +6,7 @@
 --   {videos_files}, {frames_files}, {faces_files}  every committed Parquet file of that table (superseded
 --       runs included; in-progress *.tmp files not), with video_id from the hive partition:
 --       read_parquet('RESULTS/faces/*/*.parquet', hive_partitioning = true, ...) in plain SQL
+--   {people_files}  the person of each track (RESULTS/people/people.parquet; no rows where there is none)
 --   {labels}   the model's labels as SQL strings, in the model's order
 --   a line holding {label} is written once per label
 CREATE VIEW latest_records AS

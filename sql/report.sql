@@ -15,6 +15,13 @@ LEFT JOIN (SELECT video_id, max(face_count) AS most_faces FROM frames GROUP BY v
 LEFT JOIN (SELECT video_id, count(DISTINCT track_id) AS tracks FROM faces GROUP BY video_id) tracks USING (video_id)
 ORDER BY r.path;
 
+-- Which videos each person appears in (identity on): the index's people table links to them.
+CREATE VIEW person_videos AS
+SELECT DISTINCT person_id, video_id, path
+FROM faces JOIN videos USING (video_id)
+WHERE person_id IS NOT NULL
+ORDER BY person_id, path;
+
 -- A video's emotion segments with the time each emotion holds over all its tracks, and that time's share.
 CREATE MACRO video_segments(id) AS TABLE
 SELECT *,

@@ -10,14 +10,15 @@ WITH sampled AS (
     FROM frames
     GROUP BY video_id, bucket
 ), seen AS (
-    SELECT video_id, track_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, count(*) AS faces_seen,
+    SELECT video_id, track_id, floor(pts_s / bucket_s::DOUBLE)::BIGINT AS bucket, any_value(person_id) AS person_id,
+        count(*) AS faces_seen,
         count(*) FILTER (WHERE usable) AS usable_faces,
         avg(p_{label}) FILTER (WHERE usable) AS p_{label},
     FROM faces
     GROUP BY video_id, track_id, bucket
 )
 SELECT
-    video_id, track_id,
+    video_id, track_id, person_id,
     bucket * bucket_s::DOUBLE AS start_s,
     (bucket + 1) * bucket_s::DOUBLE AS end_s,
     frames_sampled,

@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import QualityConfig, TrackingConfig, load_config
 from pipeline.errors import FervidError
 from pipeline.finalize import faces_table
+from pipeline.results import ResultsStore
 from pipeline.runner import Runner
 from pipeline.schema import faces_schema
 from pipeline.track import NO_TRACK, track_faces
@@ -143,11 +144,13 @@ def write_pan(photo_path: Path, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pan_runs(shared, tmp_path_factory) -> tuple[Path, Path]:
-    """The pan video analysed twice: one detector actor and 2 s segments, then two actors and 1.4 s segments."""
+    """The pan video analysed twice: one detector actor and 2 s segments, then two actors and 1.4 s segments.
+    Its faces are 37-57 px: faces from 32 px are embedded."""
     folder = tmp_path_factory.mktemp("pan")
     write_pan(shared / "images" / "faces" / PHOTO, folder / "pan.mp4")
     outs = []
-    for settings in (["detector.actors=1"], ["detector.actors=2", "sampling.segment_s=1.4"]):
+    small = ["identity.min_face_px=32"]
+    for settings in (["detector.actors=1", *small], ["detector.actors=2", "sampling.segment_s=1.4", *small]):
         out = tmp_path_factory.mktemp("pan_results")
         summary = Runner(folder, out, load_config(TEST_CONFIG, settings), show_progress=False).run()
         assert summary.counts["ok"] == 1
@@ -175,6 +178,12 @@ def test_track_ids_do_not_depend_on_workers_or_segments(pan_runs):
     assert first.track_id.tolist() == second.track_id.tolist()
     scores = [c for c in first.columns if c.startswith("p_")]
     assert np.allclose(first[scores].to_numpy(), second[scores].to_numpy(), atol=1e-5)
+
+
+def test_seven_faces_panning_are_seven_people_whatever_the_workers_and_segments(pan_runs):
+    people = [{(r["track_id"], r["person_id"]) for r in ResultsStore(out).read_people().to_pylist()} for out in pan_runs]
+    assert people[0] == people[1]
+    assert len(people[0]) == 7 and len({person for _, person in people[0]}) == 7
 
 
 def test_single_face_is_one_track(analysed):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +23,19 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS":
 LOCAL = "local"  # ray.init's address for a Ray of this process's own, whatever /tmp/ray says is running
 
 
+@functools.cache
 def project_code() -> list[str]:
-    """The folders of fervid's packages, as a Ray runtime_env's py_modules."""
+    """The folders of fervid's packages, as a Ray runtime_env's py_modules, laid out as the wheel lays them
+    out: a driver running on the cluster (a submitted job, a ray:// run) reads the SQL views from pipeline/sql.
+    From a checkout, where sql/ lies beside the package, the package is copied once per process to add it."""
     package = Path(__file__).resolve().parents[1]
-    return [str(package), str(package.parent / "jobs")]
+    jobs = str(package.parent / "jobs")
+    if (package / "sql").is_dir():
+        return [str(package), jobs]
+    copy = Path(tempfile.mkdtemp(prefix="fervid-code-")) / "pipeline"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns(*CODE_EXCLUDES))
+    shutil.copytree(package.parent / "sql", copy / "sql")
+    return [str(copy), jobs]
 
 
 def cluster_address(address: str | None) -> str | None:

@@ -79,7 +79,7 @@ def _probe_local_copy(path: str, video_id: str) -> VideoInfo:
 
 
 def stream_scores(segments: list[Segment], config: Config, detector_path: str | Path,
-                  spec: ClassifierSpec) -> Iterator[pa.Table]:
+                  spec: ClassifierSpec, recognizer_path: str | Path | None = None) -> Iterator[pa.Table]:
     """Run the stages over the segments; yield scored rows as they come out, in any order."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -91,7 +91,8 @@ def stream_scores(segments: list[Segment], config: Config, detector_path: str | 
     cpus_left = max(resources.get("CPU", 1) - c.actors * c.num_cpus, 0.5)
     extract_actors = d.actors or max(1, round(cpus_left))
     extract_cpus = min(float(d.threads), cpus_left / extract_actors)
-    extract = {"detector": d, "detector_path": str(detector_path), "crop": config.crop, "crop_size": spec.input_size}
+    extract = {"detector": d, "detector_path": str(detector_path), "crop": config.crop, "crop_size": spec.input_size,
+               "identity": config.identity, "recognizer_path": recognizer_path and str(recognizer_path)}
     stage, scored = DecodeDetectCropOnNode, False
     if c.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
         placement = place_classifier(c, resources.get("GPU", 0), fused_threads=d.threads)
