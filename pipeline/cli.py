@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", "an HTML page per analysed video and a sortable index.html", add_report_arguments, cmd_report),
         ("annotate", "a video's sampled frames with face boxes, emotions and tracks drawn on, as MP4",
          add_annotate_arguments, cmd_annotate),
+        ("meta", "attach a CSV of your own columns (condition, participant, ...) to analysed videos, to group by",
+         add_meta_arguments, cmd_meta),
         ("forget", "remove a person (faces, track embeddings, person id) or every face embedding from results",
          add_forget_arguments, cmd_forget),
         ("eval", "a classifier's accuracy on a folder of labelled face images", add_eval_arguments, cmd_eval),
@@ -232,12 +234,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these videos, by video_id or the path they were analysed from (default: all)")
     parser.add_argument("--out", help="folder for the report (default: RESULTS-report beside a local results "
                         "folder; results at a URI need it)")
+    parser.add_argument("--group-by", default="folder", metavar="COLUMN",
+                        help="overview.html compares groups of videos by their folder (default) or by a column "
+                        "attached with fervid meta")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
-    print(f"wrote {write_report(args.results, args.out, args.videos)}")
+    print(f"wrote {write_report(args.results, args.out, args.videos, args.group_by)}")
     return 0
 
 
@@ -254,6 +259,22 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     written, sampled = annotate(args.results, args.video, args.out)
     print(f"wrote {args.out}: {written} of {sampled} sampled frames")
     return 0
+
+
+def add_meta_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
+    parser.add_argument("csv", help="a CSV naming each video by a video_id, path or file (name) column, plus your "
+                        "own columns; replaces the table attached before")
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    from pipeline.meta import attach_meta
+
+    done = attach_meta(args.results, args.csv)
+    print(f"attached {', '.join(done.columns)} to {done.matched} video{'s' * (done.matched != 1)}")
+    for line in done.unmatched:
+        print(f"fervid: not attached: {line}", file=sys.stderr)
+    return EXIT_SOME_FAILED if done.unmatched else 0
 
 
 def add_forget_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ LIST_SUFFIXES = (".txt", ".csv")  # VIDEOS given as a file of these: a list of v
 class VideoFile:
     path: Path | str  # a local path, or the URI of a remote object
     size_bytes: int
+    folder: str = "."  # its folder relative to the folder it was found under ('.': that folder itself)
 
 
 @dataclass
@@ -92,7 +93,8 @@ def _take(source: str | Path, inputs: InputsConfig, found: Discovery, explicit: 
                 fnmatch(under, glob) for glob in inputs.exclude):
             found.excluded += 1
         else:
-            found.videos.append(VideoFile(loc.uri if loc.remote else Path(loc.path), size))
+            folder = str(PurePosixPath(under).parent)
+            found.videos.append(VideoFile(loc.uri if loc.remote else Path(loc.path), size, folder))
 
 
 def _list_entries(source: str | Path) -> list[tuple[str, str | None]]:

@@ -27,15 +27,17 @@ _PACKAGE = Path(__file__).resolve().parent
 SQL_DIR = _PACKAGE / "sql" if (_PACKAGE / "sql").is_dir() else _PACKAGE.parent / "sql"
 RECORD_FILES = ("records.sql",)  # needs only the videos table
 VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "emotion_segments.sql",
-              "transitions.sql", "tracks.sql", "people.sql", "report.sql")
+              "transitions.sql", "tracks.sql", "people.sql", "groups.sql", "report.sql")
 # The tables the views read (not `tracks`: embeddings stay out of SQL); `people` may not exist yet
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet",
-               "people": "people/*.parquet"}
-TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1, "people": 0}  # folders between a table's folder and its files
-OPTIONAL_TABLES = {"people": schema.PEOPLE_SCHEMA}  # read as empty where absent (identity off, or not run yet)
+               "people": "people/*.parquet", "meta": "meta/*.parquet"}
+TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1, "people": 0, "meta": 0}  # folders from a table to its files
+# read as empty where absent: people (identity off, or not run yet), meta (no `fervid meta` yet)
+OPTIONAL_TABLES = {"people": schema.PEOPLE_SCHEMA, "meta": pa.schema([("video_id", pa.string())])}
 DICTIONARY_COLUMNS = ("run_id", "emotion")
 # Columns newer than some results folders: files without them read as NULL, so the views work over old runs too
-ADDED_COLUMNS = {"faces": pa.schema([*schema.FACE_QUALITY, ("usable", pa.bool_())])}
+ADDED_COLUMNS = {"faces": pa.schema([*schema.FACE_QUALITY, ("usable", pa.bool_())]),
+                 "videos": pa.schema([("folder", pa.string())])}
 UNLIMITED_WIDTH = 1 << 20  # characters: a table this wide shows every column
 
 
@@ -53,7 +55,8 @@ def connect(results_dir: str | Path | storage.Location) -> duckdb.DuckDBPyConnec
     con = duckdb.connect()
     for table, dataset in datasets.items():
         con.register(f"{table}_files", dataset)
-    con.execute(_render_views({table: f"{table}_files" for table in TABLE_FILES}, _labels(datasets["faces"])))
+    con.execute(_render_views({table: f"{table}_files" for table in TABLE_FILES}, _labels(datasets["faces"]),
+                              _meta_columns(datasets["meta"])))
     _lock(con)
     return con
 
@@ -67,7 +70,7 @@ def latest_records(results_dir: str | Path | storage.Location) -> pa.Table:
         return schema.VIDEOS_SCHEMA.empty_table()
     con = duckdb.connect()
     con.register("videos_files", _dataset(root, "videos", files))
-    con.execute(_render_views({"videos": "videos_files"}, [], RECORD_FILES))
+    con.execute(_render_views({"videos": "videos_files"}, [], files=RECORD_FILES))
     _lock(con)
     return con.sql("SELECT * FROM latest_records").to_arrow_table()
 
@@ -91,7 +94,8 @@ def view_sql(results_dir: str | Path) -> str:
         hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if TABLE_DEPTH[table] else ""
         path = str(Path(root.path, pattern)).replace("'", "''")
         sources[table] = f"read_parquet('{path}'{hive}, union_by_name = true)"
-    return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])))
+    return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])),
+                         _meta_columns(_dataset(root, "meta", files["meta"])))
 
 
 def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None,
@@ -131,9 +135,10 @@ def _table_text(relation: duckdb.DuckDBPyRelation, max_width: int | None) -> str
     return text.getvalue().rstrip("\n") + "\n"
 
 
-def _render_views(sources: dict[str, str], labels: list[str], files: tuple[str, ...] = VIEW_FILES) -> str:
-    """sql/*.sql with the {<table>_files} sources, {labels} and the per-label lines filled in
-    (comment lines are kept as written)."""
+def _render_views(sources: dict[str, str], labels: list[str], meta: list[str] = (),
+                  files: tuple[str, ...] = VIEW_FILES) -> str:
+    """sql/*.sql with the {<table>_files} sources, {labels}, and the lines holding {label} (or {meta}) written
+    once per label (or column of `fervid meta`'s table) filled in (comment lines are kept as written)."""
     values = {"{labels}": ", ".join(f"'{label}'" for label in labels),
               **{f"{{{table}_files}}": source for table, source in sources.items()}}
     parts = []
@@ -145,7 +150,12 @@ def _render_views(sources: dict[str, str], labels: list[str], files: tuple[str, 
                 continue
             for placeholder, value in values.items():
                 line = line.replace(placeholder, value)
-            lines += [line.replace("{label}", label) for label in labels] if "{label}" in line else [line]
+            if "{label}" in line:
+                lines += [line.replace("{label}", label) for label in labels]
+            elif "{meta}" in line:
+                lines += [line.replace("{meta}", column) for column in meta]
+            else:
+                lines.append(line)
         parts.append(f"-- sql/{name}\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -208,6 +218,11 @@ def _dataset(root: storage.Location, table: str, files: list[storage.Location]) 
     return ds.dataset(paths, schema=schema.append(pa.field("video_id", codes)), filesystem=root.fs,
                       format=ds.ParquetFileFormat(read_options=read_options), partitioning=partitioning,
                       partition_base_dir=root.child(table).path)
+
+
+def _meta_columns(meta: ds.Dataset) -> list[str]:
+    """The user's columns of `fervid meta`'s table (plain names: fervid meta refuses others)."""
+    return [name for name in meta.schema.names if name != "video_id"]
 
 
 def _labels(faces: ds.Dataset) -> list[str]:

@@ -35,11 +35,13 @@ MAX_POINTS = 600  # chart points per track at most: long videos get wider timeli
 MAX_CHARTS = 8  # tracks charted per video, the longest ones: a crowd's passers-by would bury the people who stay
 DOMINANT_Y = 1.06  # height of the dominant-emotion strip above the stacked probabilities
 UNUSABLE_COLOUR = "#9e9e9e"  # the strip where a track's faces were all unusable
+OVERVIEW_BINS = 20  # the overview's curves: bins over the position in the videos (5% each)
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 videos: list[str] | None = None) -> Path:
-    """Write a page per selected video (all by default) and index.html into OUT; returns the index's path.
+                 videos: list[str] | None = None, group_by: str = "folder") -> Path:
+    """Write a page per selected video (all by default), index.html, and overview.html comparing the groups of
+    all analysed videos by group_by (their folder, or a column `fervid meta` attached); returns the index's path.
 
     OUT defaults to a folder beside RESULTS named `<RESULTS>-report`, so the results folder stays read-only;
     results at a URI need an OUT.
@@ -55,6 +57,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         rows = [row for row in rows if row["video_id"] in chosen]
     labels = labels_of(con)
     colours = emotion_colours(labels)
+    _check_grouping(con, group_by)
     try:
         (out / "thumbs").mkdir(parents=True, exist_ok=True)
         if not (out / PLOTLY_JS.name).is_file() or (out / PLOTLY_JS.name).stat().st_size != PLOTLY_JS.stat().st_size:
@@ -69,8 +72,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     shown = {row["video_id"] for row in rows}
     duplicates = [d for d in _sql(con, "SELECT * FROM duplicates") if d["video_id"] in shown]
     people = _people(con, shown)
+    _write(out / "overview.html", env.get_template("overview.html").render(
+        colours=colours, results=root.uri, group_by=group_by, bins=OVERVIEW_BINS,
+        **_overview(con, group_by, labels, colours)))
     _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates, people=people,
-                                                                     colours=colours, results=root.uri))
+                                                                     colours=colours, results=root.uri,
+                                                                     group_by=group_by))
     return out / "index.html"
 
 
@@ -95,6 +102,56 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Pat
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
             "config": config, "bucket_s": bucket_s, "people": people,
             **_charts(timeline, labels, colours, video["duration_s"])}
+
+
+def _check_grouping(con: duckdb.DuckDBPyConnection, group_by: str) -> None:
+    known = ["folder", *(name for name in con.sql("SELECT * FROM video_meta").columns if name != "video_id")]
+    if group_by not in known:
+        raise FervidError(f"--group-by {group_by}: the videos can be grouped by {', '.join(known)} "
+                          "(attach columns of your own with fervid meta)")
+
+
+def _overview(con: duckdb.DuckDBPyConnection, group_by: str, labels: list[str], colours: dict[str, str]) -> dict:
+    """The groups by group_by, from group_summary and group_timeline: the table, the shares with their intervals
+    (one bar per emotion and group) and each group's curves over the position in its videos."""
+    groups = _sql(con, "SELECT * FROM group_summary WHERE group_by = $g", g=group_by)
+    for g in groups:
+        shown = [label for label in labels if g[f"share_{label}"] is not None]
+        g["dominant"] = max(shown, key=lambda label: g[f"share_{label}"]) if shown else None
+    names = [g["group_name"] for g in groups]
+    shares = {
+        "data": [{"type": "bar", "name": label, "x": names, "marker": {"color": colours[label]},
+                  "y": [g[f"share_{label}"] for g in groups],
+                  "error_y": {"type": "data", "symmetric": False, "color": "#444",
+                              "array": [_gap(g[f"share_{label}_high"], g[f"share_{label}"]) for g in groups],
+                              "arrayminus": [_gap(g[f"share_{label}"], g[f"share_{label}_low"]) for g in groups]}}
+                 for label in labels],
+        "layout": {"barmode": "group", "height": 360, "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+                   "yaxis": {"tickformat": ".0%", "rangemode": "tozero", "gridcolor": "#eee"},
+                   "legend": {"orientation": "h", "y": 1.08}},
+    }
+    curve_rows = _sql(con, "SELECT * FROM group_timeline($bins) WHERE group_by = $g", bins=OVERVIEW_BINS, g=group_by)
+    curves = []
+    for name in names:
+        rows = [r for r in curve_rows if r["group_name"] == name]
+        x = [(r["start_pct"] + r["end_pct"]) / 2 for r in rows]
+        curves.append({
+            "data": [{"type": "scatter", "mode": "lines+markers", "name": label, "x": x,
+                      "y": [r[f"share_{label}"] for r in rows], "line": {"color": colours[label]}} for label in labels],
+            "layout": {"height": 300, "margin": {"l": 50, "r": 10, "t": 20, "b": 40},
+                       "xaxis": {"range": [0, 100], "ticksuffix": "%", "gridcolor": "#eee"},
+                       "yaxis": {"range": [0, 1], "tickformat": ".0%", "gridcolor": "#eee"},
+                       "legend": {"orientation": "h", "y": 1.12}},
+        })
+    people = _sql(con, "SELECT p.person_id, any_value(p.person_name) AS person_name, any_value(p.videos) AS videos, "
+                       "list(DISTINCT g.group_name ORDER BY g.group_name) AS groups FROM people p "
+                       "JOIN person_videos v USING (person_id) JOIN video_groups g ON g.video_id = v.video_id "
+                       "AND g.group_by = $g GROUP BY p.person_id ORDER BY p.person_id", g=group_by)
+    return {"groups": groups, "people": people, "figures": {"shares": shares, "curves": curves}}
+
+
+def _gap(high: float | None, low: float | None) -> float | None:
+    return None if high is None or low is None else max(high - low, 0.0)
 
 
 def _people(con: duckdb.DuckDBPyConnection, shown: set[str]) -> list[dict]:

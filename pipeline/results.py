@@ -2,6 +2,7 @@
 
     faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet   tracks/video_id=<id>/<run>.parquet
     videos/<run>.parquet                runs/<run>.json                      people/people.parquet
+    meta/meta.parquet (fervid meta)
 
 A video's files are complete before its record lands in videos/; the record is the commit.
 Superseded files of a video are removed only after the new record is in.
@@ -30,6 +31,7 @@ from pipeline.schema import OK, PEOPLE_SCHEMA, PER_VIDEO_TABLES, TABLES, VIDEOS_
 
 OBJECT_LOCK_EXPIRES_S = 24 * 3600  # a results lock on an object store older than this is taken as left behind
 PEOPLE_FILE = "people.parquet"
+META_FILE = "meta.parquet"
 
 class ResultsStore:
     """Writes one RESULTS folder, local or at an object-store URI. What counts as done is the views' rule."""
@@ -114,6 +116,10 @@ class ResultsStore:
     def write_people(self, people: pa.Table) -> None:
         """The person of every track, replacing the last assignment whole (one object, written atomically)."""
         storage.write_bytes(self.root.child("people", PEOPLE_FILE), _parquet(people))
+
+    def write_meta(self, meta: pa.Table) -> None:
+        """The table `fervid meta` attached, replacing the last one whole."""
+        storage.write_bytes(self.root.child("meta", META_FILE), _parquet(meta))
 
     def read_people(self) -> pa.Table:
         location = self.root.child("people", PEOPLE_FILE)

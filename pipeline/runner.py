@@ -279,7 +279,8 @@ class Runner:
                 sampled: int = 0, faces: int = 0, started_at: datetime | None = None) -> None:
         now = _now()
         m, d, c = self.models, self.config.detector, self.config.classifier
-        record = {"video_id": video_id, "path": str(file.path), "size_bytes": file.size_bytes, "status": status,
+        record = {"video_id": video_id, "path": str(file.path), "folder": file.folder, "size_bytes": file.size_bytes,
+                  "status": status,
                   "error": error, "sampled_frames": sampled, "faces": faces, "started_at": started_at or now,
                   "finished_at": now, "config_fingerprint": m.fingerprint, "detector": d.model,
                   "detector_revision": m.detector_revision, "classifier": c.model,

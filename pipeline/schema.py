@@ -146,6 +146,7 @@ VIDEOS_SCHEMA = pa.schema([
     ("classifier", pa.string()), ("classifier_revision", pa.string()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("run_id", pa.string()),
+    ("folder", pa.string()),  # its folder relative to the VIDEOS argument ('.': that folder): the default group
 ])
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"  # videos.status
 

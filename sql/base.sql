@@ -18,3 +18,11 @@ LEFT JOIN {people_files} p ON p.video_id = f.video_id AND p.run_id = f.run_id AN
 -- ties go to the first label, as in faces.emotion. NULL when all values are NULL (no face).
 CREATE MACRO dominant(probs) AS
     CASE WHEN list_max(probs) IS NOT NULL THEN [{labels}][list_position(probs, list_max(probs))] END;
+
+-- Each sampled frame's span: it stands for the time until the next sampled frame (the last one: until the
+-- video ends).
+CREATE VIEW frame_spans AS
+SELECT video_id, frame_index,
+    coalesce(lead(pts_s) OVER w, greatest(duration_s, pts_s)) - pts_s AS span_s
+FROM frames JOIN videos USING (video_id)
+WINDOW w AS (PARTITION BY video_id ORDER BY pts_s);

@@ -3,15 +3,10 @@
 -- frame), their faces and usable faces, and the emotions of their usable faces: the dominant one by mean
 -- probability and the mean probability of each.
 CREATE VIEW people AS
-WITH spans AS (
-    SELECT video_id, frame_index,
-        coalesce(lead(pts_s) OVER w, greatest(duration_s, pts_s)) - pts_s AS span_s
-    FROM frames JOIN videos USING (video_id)
-    WINDOW w AS (PARTITION BY video_id ORDER BY pts_s)
-), on_screen AS (
+WITH on_screen AS (
     SELECT person_id, sum(span_s) AS on_screen_s
     FROM (SELECT DISTINCT person_id, video_id, frame_index FROM faces WHERE person_id IS NOT NULL)
-    JOIN spans USING (video_id, frame_index)
+    JOIN frame_spans USING (video_id, frame_index)
     GROUP BY person_id
 ), stats AS (
     SELECT person_id, any_value(person_name) AS person_name,

@@ -7,6 +7,8 @@
 --       runs included; in-progress *.tmp files not), with video_id from the hive partition:
 --       read_parquet('RESULTS/faces/*/*.parquet', hive_partitioning = true, ...) in plain SQL
 --   {people_files}  the person of each track (RESULTS/people/people.parquet; no rows where there is none)
+--   {meta_files}    the table `fervid meta` attached (RESULTS/meta/meta.parquet; video_id alone where none)
+--   a line holding {meta} is written once per column of that table
 --   {labels}   the model's labels as SQL strings, in the model's order
 --   a line holding {label} is written once per label
 CREATE VIEW latest_records AS

@@ -24,10 +24,6 @@ from pipeline.report import THUMB_PX, UNUSABLE_COLOUR
 from pipeline.results import ResultsStore
 from pipeline.schema import VIDEOS_SCHEMA
 
-CHROMIUM = shutil.which("chromium")
-# As root and offline: no sandbox, and no background connections that the closed network refuses.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HOSTILE = "<script>alert(1)</script>.mp4"  # a folder `<script>alert(1)<` holding `script>.mp4`
 BAD = "<img src=x onerror=alert(2)>.mp4"  # a text file: the failed video
 FAILED_ID = "0badbadbadbadbad"
@@ -75,38 +71,6 @@ def con(results):
 def ids(results) -> dict[str, str]:
     """video_id by file name."""
     return {Path(r["path"]).name: r["video_id"] for r in latest_records(results).to_pylist()}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def open_page(browser):
-    """Opens a file in a new tab; returns the page and what went wrong in it: console errors, uncaught
-    exceptions and any alert/confirm dialog (a script that should never have run)."""
-    pages = []
-
-    def opener(path: Path):
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        pages.append(page)
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"console {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"exception {e}"))
-        page.on("dialog", lambda d: (problems.append(f"dialog {d.message}"), d.dismiss()))
-        page.goto(path.as_uri(), wait_until="load")
-        return page, problems
-
-    yield opener
-    for page in pages:
-        page.close()
 
 
 def test_video_page_draws_the_timeline_segments_and_key_moments(report, con, ids, open_page, tmp_path):
