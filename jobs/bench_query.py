@@ -1,5 +1,6 @@
 """Benchmark: the views over a synthetic RESULTS folder of about a million face rows (`video_summary`
-is the figure the design quotes; one video's views and all emotion_segments are printed alongside).
+is the figure the design quotes; one video's views, all emotion_segments, group_summary and group_timeline
+over GROUPS folders, and the report's overview page are printed alongside).
 
     python -m jobs.bench_query [--videos 200] [--frames 5000] [--repeat 5] [--keep DIR]
 
@@ -20,11 +21,14 @@ import pyarrow as pa
 
 from pipeline.config import QualityConfig, TrackingConfig
 from pipeline.finalize import faces_table, frames_table
+from pipeline.presentation import emotion_colours
 from pipeline.query import connect
+from pipeline.report import overview
 from pipeline.results import ResultsStore
 from pipeline.schema import FACE_BOX, score_column
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+GROUPS = 4  # the synthetic videos lie in this many folders
 SAMPLING_FPS = 5.0
 
 
@@ -57,7 +61,8 @@ def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok"
     """The videos/ record of a synthetic video."""
     finished_at = finished_at or datetime.now(timezone.utc)
     return {
-        "video_id": video_id, "path": f"/videos/{video_id}.mp4", "size_bytes": 0,
+        "video_id": video_id, "path": f"/videos/{video_id}.mp4", "folder": f"group{int(video_id, 16) % GROUPS}",
+        "size_bytes": 0,
         "duration_s": frames / SAMPLING_FPS, "fps": 30.0, "width": 1280, "height": 720, "rotation": 0,
         "frame_count": frames * 6, "sampled_frames": frames, "faces": frames, "status": status, "error": None,
         "decoder": "synthetic", "config_fingerprint": "synthetic", "detector": "synthetic",
@@ -83,6 +88,8 @@ QUERIES = {
     "one video's timeline": "SELECT * FROM timeline WHERE video_id = '0000000000000007'",
     "one video's emotion_segments": "SELECT * FROM emotion_segments WHERE video_id = '0000000000000007'",
     "emotion_segments, all videos": "SELECT count(*) FROM emotion_segments",
+    "group_summary (1,000 resamples)": "SELECT * FROM group_summary",
+    "group_timeline(20)": "SELECT * FROM group_timeline(20)",
 }
 
 
@@ -112,6 +119,9 @@ def main() -> None:
                 wall.append(time.perf_counter() - started)
                 cpu.append(time.process_time() - started_cpu)
             print(f"  {name}: {min(wall):.3f}s / {np.median(wall):.3f}s, CPU {np.median(cpu):.2f}s")
+        started = time.perf_counter()
+        overview(con, "folder", LABELS, emotion_colours(LABELS))
+        print(f"the overview page's figures (group_summary, group_timeline, people): {time.perf_counter() - started:.3f}s")
 
 
 if __name__ == "__main__":

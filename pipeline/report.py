@@ -74,7 +74,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     people = _people(con, shown)
     _write(out / "overview.html", env.get_template("overview.html").render(
         colours=colours, results=root.uri, group_by=group_by, bins=OVERVIEW_BINS,
-        **_overview(con, group_by, labels, colours)))
+        **overview(con, group_by, labels, colours)))
     _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates, people=people,
                                                                      colours=colours, results=root.uri,
                                                                      group_by=group_by))
@@ -111,7 +111,7 @@ def _check_grouping(con: duckdb.DuckDBPyConnection, group_by: str) -> None:
                           "(attach columns of your own with fervid meta)")
 
 
-def _overview(con: duckdb.DuckDBPyConnection, group_by: str, labels: list[str], colours: dict[str, str]) -> dict:
+def overview(con: duckdb.DuckDBPyConnection, group_by: str, labels: list[str], colours: dict[str, str]) -> dict:
     """The groups by group_by, from group_summary and group_timeline: the table, the shares with their intervals
     (one bar per emotion and group) and each group's curves over the position in its videos."""
     groups = _sql(con, "SELECT * FROM group_summary WHERE group_by = $g", g=group_by)
