@@ -57,12 +57,11 @@ def synthetic_tables(frames: int, labels: list[str], run_id: str,
 
 
 def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok",
-                     finished_at: datetime | None = None) -> dict:
+                     finished_at: datetime | None = None, folder: str = ".") -> dict:
     """The videos/ record of a synthetic video."""
     finished_at = finished_at or datetime.now(timezone.utc)
     return {
-        "video_id": video_id, "path": f"/videos/{video_id}.mp4", "folder": f"group{int(video_id, 16) % GROUPS}",
-        "size_bytes": 0,
+        "video_id": video_id, "path": f"/videos/{video_id}.mp4", "folder": folder, "size_bytes": 0,
         "duration_s": frames / SAMPLING_FPS, "fps": 30.0, "width": 1280, "height": 720, "rotation": 0,
         "frame_count": frames * 6, "sampled_frames": frames, "faces": frames, "status": status, "error": None,
         "decoder": "synthetic", "config_fingerprint": "synthetic", "detector": "synthetic",
@@ -80,7 +79,8 @@ def write_synthetic(root: Path, videos: int, frames: int, labels: list[str] = LA
     faces, frame_rows = synthetic_tables(frames, labels, "bench", np.random.default_rng(seed))
     for v in range(videos):
         store.write_video(f"{v:016x}", "bench", faces, frame_rows)
-    store.write_records("bench", [synthetic_record(f"{v:016x}", "bench", frames) for v in range(videos)])
+    store.write_records("bench", [synthetic_record(f"{v:016x}", "bench", frames, folder=f"group{v % GROUPS}")
+                                  for v in range(videos)])
 
 
 QUERIES = {

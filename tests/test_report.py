@@ -210,4 +210,4 @@ def test_a_report_of_chosen_videos_from_fabricated_copies(results, tmp_path):
     assert con.sql("SELECT count(*) FROM videos").fetchall()[0][0] == 12
     chosen = [r[0] for r in con.sql("SELECT video_id FROM video_summary WHERE faces > 0 LIMIT 2").fetchall()]
     assert main(["report", str(tmp_path / "many"), "--video", *chosen, "--out", str(tmp_path / "out")]) == 0
-    assert sorted(p.stem for p in (tmp_path / "out").glob("*.html")) == sorted([*chosen, "index"])
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.html")) == sorted([*chosen, "index", "overview"])
