@@ -4,8 +4,14 @@ over GROUPS folders, and the report's overview page are printed alongside).
 
     python -m jobs.bench_query [--videos 200] [--frames 5000] [--repeat 5] [--keep DIR]
 
-The folder is written in the real layout by ResultsStore (one face on every sampled frame, random
-probabilities), and the timing goes through `pipeline.query.connect`, as `fervid query` does.
+The folder is written in the layout `fervid run` leaves (one face on every sampled frame, random
+probabilities). The first and the last --commits videos are committed as a run commits them (ResultsStore:
+the video's tables, then its record; a compaction every COMPACT_AT commits), and the time per commit is
+printed for both, to show it does not grow with the folder. The videos in between are written directly
+as the parts compaction makes of them (PART_ROWS rows each): committing 100,000 videos one by one takes
+over an hour on a 2-core machine. Files replaced by compaction are kept for KEEP_REPLACED_S, for
+queries that listed them; `connect` is timed with them and after they are deleted. The timing goes
+through `pipeline.query.connect`, as `fervid query` does.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.compact import COMPACT_AT, END_COMPACT_AT, KEEP_REPLACED_S, PART_ROWS, compact, write_part
 from pipeline.config import QualityConfig, TrackingConfig
 from pipeline.finalize import faces_table, frames_table
 from pipeline.presentation import emotion_colours
 from pipeline.query import connect
 from pipeline.report import overview
 from pipeline.results import ResultsStore
-from pipeline.schema import FACE_BOX, score_column
+from pipeline.schema import FACE_BOX, VIDEOS_SCHEMA, score_column
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 GROUPS = 4  # the synthetic videos lie in this many folders
@@ -70,17 +77,51 @@ def synthetic_record(video_id: str, run_id: str, frames: int, status: str = "ok"
     }
 
 
-def write_synthetic(root: Path, videos: int, frames: int, labels: list[str] = LABELS, seed: int = 0) -> None:
-    """A RESULTS folder of `videos` videos of `frames` sampled frames each, from one run.
+def write_synthetic(root: Path, videos: int, frames: int, labels: list[str] = LABELS, seed: int = 0,
+                    commits: int | None = None) -> dict[str, list[float]]:
+    """A RESULTS folder of `videos` videos of `frames` sampled frames each, from one run: the first and last
+    `commits` (all by default) committed one by one, the rest written as parts; returns the seconds of each
+    commit (compactions included), of the first ones and of the last ones.
 
     Every video gets the same tables (building them is the slow part; reading them is what is timed).
     """
+    commits = videos if commits is None else min(commits, videos)
     store = ResultsStore(root)
     faces, frame_rows = synthetic_tables(frames, labels, "bench", np.random.default_rng(seed))
-    for v in range(videos):
-        store.write_video(f"{v:016x}", "bench", faces, frame_rows)
-    store.write_records("bench", [synthetic_record(f"{v:016x}", "bench", frames, folder=f"group{v % GROUPS}")
-                                  for v in range(videos)])
+    records: list[dict] = []
+
+    def commit(v: int) -> float:
+        started = time.perf_counter()
+        store.write_video(video_id(v), "bench", faces, frame_rows)
+        records.append(synthetic_record(video_id(v), "bench", frames, folder=f"group{v % GROUPS}"))
+        store.write_records("bench", records)
+        if len(records) % COMPACT_AT == 0:
+            compact(root)
+        return time.perf_counter() - started
+
+    first = [commit(v) for v in range(commits)]
+    bulk = range(commits, max(videos - commits, commits))
+    per_part = max(PART_ROWS // max(frames, 1), 1)
+    for start in range(bulk.start, bulk.stop, per_part):
+        ids = [video_id(v) for v in range(start, min(start + per_part, bulk.stop))]
+        for table, rows in (("faces", faces), ("frames", frame_rows)):
+            write_part(store.root, table, [], _for_videos(rows, ids))
+    bulk_records = [synthetic_record(video_id(v), "bench", frames, folder=f"group{v % GROUPS}") for v in bulk]
+    if bulk_records:
+        write_part(store.root, "videos", [], pa.Table.from_pylist(bulk_records, schema=VIDEOS_SCHEMA))
+    last = [commit(v) for v in range(bulk.stop, videos)]
+    compact(root, min_files=END_COMPACT_AT)
+    return {"first": first, "last": last}
+
+
+def video_id(v: int) -> str:
+    return f"{v:016x}"
+
+
+def _for_videos(rows: pa.Table, ids: list[str]) -> pa.Table:
+    """One video's rows repeated for each of ids, with video_id as a column, as in a part."""
+    table = pa.concat_tables([rows] * len(ids))
+    return table.append_column("video_id", pa.array(np.repeat(ids, len(rows)), pa.string()))
 
 
 QUERIES = {
@@ -98,14 +139,26 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--frames", type=int, default=5000, help="sampled frames (and faces) per video")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--commits", type=int, default=1000,
+                        help="videos committed one by one at the start and at the end (the rest: as parts)")
     parser.add_argument("--keep", help="write the synthetic RESULTS here and keep it (default: a temp folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         started = time.perf_counter()
-        write_synthetic(root, args.videos, args.frames)
+        took = write_synthetic(root, args.videos, args.frames, commits=args.commits)
         print(f"wrote {args.videos * args.frames:,} face rows in {args.videos} videos "
               f"in {time.perf_counter() - started:.1f}s")
+        for which, seconds in took.items():
+            if seconds:
+                print(f"  {which} {len(seconds)} commits: mean {np.mean(seconds) * 1000:.1f} ms, "
+                      f"99th percentile {np.percentile(seconds, 99) * 1000:.1f} ms (compactions included)")
+        started = time.perf_counter()
+        connect(root)
+        print(f"connect, with the replaced files still kept: {time.perf_counter() - started:.3f}s")
+        deleted = compact(root, keep_replaced_s=0).deleted
+        print(f"deleted the {deleted} replaced files (as a run or `fervid compact` does once they are "
+              f"{KEEP_REPLACED_S} s old)")
         started = time.perf_counter()
         con = connect(root)
         print(f"connect (views, labels): {time.perf_counter() - started:.3f}s")

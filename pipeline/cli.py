@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
          add_annotate_arguments, cmd_annotate),
         ("meta", "attach a CSV of your own columns (condition, participant, ...) to analysed videos, to group by",
          add_meta_arguments, cmd_meta),
+        ("compact", "merge a results folder's small files into a few large ones (fervid run does it as it goes)",
+         add_compact_arguments, cmd_compact),
         ("forget", "remove a person (faces, track embeddings, person id) or every face embedding from results",
          add_forget_arguments, cmd_forget),
         ("eval", "a classifier's accuracy on a folder of labelled face images", add_eval_arguments, cmd_eval),
@@ -277,6 +279,21 @@ def cmd_meta(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if done.unmatched else 0
 
 
+def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
+    parser.add_argument("--keep-replaced", type=float, default=None, metavar="SECONDS",
+                        help="delete replaced files only once they have been replaced this long, for queries that "
+                             "listed them before (default: 600; 0 when no query is reading the results)")
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from pipeline.compact import KEEP_REPLACED_S, compact_results
+
+    keep = KEEP_REPLACED_S if args.keep_replaced is None else args.keep_replaced
+    print(compact_results(args.results, keep).line())
+    return 0
+
+
 def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", help="results folder (or URI) written by `fervid run`")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -289,7 +306,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
     if args.all:
         files = forget_all(args.results)
-        print(f"deleted the face embeddings of {files} video{'s' * (files != 1)} and every person id")
+        print(f"deleted {files} face-embedding file{'s' * (files != 1)} and every person id")
         return 0
     gone = forget_person(args.results, args.person)
     print(f"forgot {args.person}: {gone.faces} faces and {gone.tracks} track embedding{'s' * (gone.tracks != 1)} "

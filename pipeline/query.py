@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import duckdb
@@ -31,7 +32,10 @@ VIEW_FILES = (*RECORD_FILES, "base.sql", "timeline.sql", "video_summary.sql", "e
 # The tables the views read (not `tracks`: embeddings stay out of SQL); `people` may not exist yet
 TABLE_FILES = {"videos": "videos/*.parquet", "frames": "frames/*/*.parquet", "faces": "faces/*/*.parquet",
                "people": "people/*.parquet", "meta": "meta/*.parquet"}
-TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1, "people": 0, "meta": 0}  # folders from a table to its files
+# folders from a table to its small files (a table's parts lie at its top, as part-<id>.parquet)
+TABLE_DEPTH = {"videos": 0, "frames": 1, "faces": 1, "tracks": 1, "people": 0, "meta": 0}
+PART_PREFIX = "part-"
+PART_KEY = b"fervid.part"  # a part's footer: JSON with the files it replaces and when it was written
 # read as empty where absent: people (identity off, or not run yet), meta (no `fervid meta` yet)
 OPTIONAL_TABLES = {"people": schema.PEOPLE_SCHEMA, "meta": pa.schema([("video_id", pa.string())])}
 DICTIONARY_COLUMNS = ("run_id", "emotion")
@@ -51,12 +55,10 @@ def connect(results_dir: str | Path | storage.Location) -> duckdb.DuckDBPyConnec
     The file list is a snapshot: connect again to see later runs.
     """
     root, files = _results(results_dir)
-    datasets = {table: _dataset(root, table, paths) for table, paths in files.items()}
+    datasets = {table: table_datasets(root, table, paths) for table, paths in files.items()}
     con = duckdb.connect()
-    for table, dataset in datasets.items():
-        con.register(f"{table}_files", dataset)
-    con.execute(_render_views({table: f"{table}_files" for table in TABLE_FILES}, _labels(datasets["faces"]),
-                              _meta_columns(datasets["meta"])))
+    sources = {table: register_table(con, table, table_datasets) for table, table_datasets in datasets.items()}
+    con.execute(_render_views(sources, _labels(datasets["faces"][0]), _meta_columns(datasets["meta"][0])))
     _lock(con)
     return con
 
@@ -65,12 +67,12 @@ def latest_records(results_dir: str | Path | storage.Location) -> pa.Table:
     """The `latest_records` view (each video's record that counts, ok or failed) over RESULTS' videos table
     alone, so it works before any video has been analysed; reads only."""
     root = storage.locate(results_dir)
-    files = _table_files(root, ("videos",))["videos"]
+    files = table_files(root, "videos")
     if not files:
         return schema.VIDEOS_SCHEMA.empty_table()
     con = duckdb.connect()
-    con.register("videos_files", _dataset(root, "videos", files))
-    con.execute(_render_views({"videos": "videos_files"}, [], files=RECORD_FILES))
+    con.execute(_render_views({"videos": register_table(con, "videos", table_datasets(root, "videos", files))}, [],
+                              files=RECORD_FILES))
     _lock(con)
     return con.sql("SELECT * FROM latest_records").to_arrow_table()
 
@@ -91,11 +93,25 @@ def view_sql(results_dir: str | Path) -> str:
         if table in OPTIONAL_TABLES and not files[table]:
             sources[table] = _empty_relation(OPTIONAL_TABLES[table])
             continue
+        small = [loc.path for loc in files[table] if not is_part(loc)]
+        parts = [loc.path for loc in files[table] if is_part(loc)]
         hive = ", hive_partitioning = true, hive_types = {'video_id': VARCHAR}" if TABLE_DEPTH[table] else ""
-        path = str(Path(root.path, pattern)).replace("'", "''")
-        sources[table] = f"read_parquet('{path}'{hive}, union_by_name = true)"
-    return _render_views(sources, _labels(_dataset(root, "faces", files["faces"])),
-                         _meta_columns(_dataset(root, "meta", files["meta"])))
+        if not parts:  # nothing compacted, so nothing replaced: a glob, which sees later runs too
+            sources[table] = f"read_parquet({_sql_text(str(Path(root.path, pattern)))}{hive}, union_by_name = true)"
+            continue
+        reads = [f"FROM read_parquet({_sql_list(small)}{hive}, union_by_name = true)"] if small else []
+        reads += [f"FROM read_parquet({_sql_list(parts)}, union_by_name = true)"] if parts else []
+        sources[table] = "(" + " UNION ALL BY NAME ".join(reads) + ")"
+    return _render_views(sources, _labels(table_datasets(root, "faces", files["faces"])[0]),
+                         _meta_columns(table_datasets(root, "meta", files["meta"])[0]))
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join(_sql_text(path) for path in paths) + "]"
 
 
 def run_query(results_dir: str | Path, sql: str, fmt: str = "table", output: str | Path | None = None,
@@ -166,7 +182,7 @@ def _results(results_dir: str | Path | storage.Location) -> tuple[storage.Locati
     root = storage.locate(results_dir)
     if storage.stat(root).type != FileType.Directory:
         raise FervidError(f"results folder {root.uri} does not exist")
-    files = _table_files(root)
+    files = {table: table_files(root, table) for table in TABLE_FILES}
     if not files["videos"]:
         raise FervidError(f"{root.uri} holds no fervid results (no videos/*.parquet); "
                           f"run `fervid run VIDEOS --out {root.uri}`")
@@ -182,42 +198,103 @@ def _empty_relation(table_schema: pa.Schema) -> str:
     return f"(SELECT {columns} WHERE false)"
 
 
-def _table_files(root: storage.Location, tables: tuple[str, ...] = tuple(TABLE_FILES)
-                 ) -> dict[str, list[storage.Location]]:
-    """Each table's committed Parquet files (`*.parquet`, so in-progress `*.parquet.tmp` are left out)."""
-    files = {}
-    for table in tables:
-        base = root.child(table)
-        files[table] = [loc for loc, _ in storage.list_files(base) if loc.name.endswith(".parquet")
-                        and loc.path[len(base.path) + 1:].count("/") == TABLE_DEPTH[table]]
-    return files
+def table_files(root: storage.Location, table: str) -> list[storage.Location]:
+    """A table's visible Parquet files: its small files (one per video and run, or per commit of records) and
+    its parts (pipeline/compact.py), less every file some listed part replaces, so each row is counted once
+    whether the listing came before, during or after a compaction. In-progress `*.parquet.tmp` are left out."""
+    base = root.child(table)
+    listed = [loc for loc, _ in storage.list_files(base) if loc.name.endswith(".parquet")]
+    small = [loc for loc in listed if _depth(base, loc) == TABLE_DEPTH[table] and not is_part(loc)]
+    parts = [loc for loc in listed if _depth(base, loc) == 0 and is_part(loc)]
+    replaced = {name for part in parts for name in part_info(part).replaces}
+    return [loc for loc in small + parts if relative_name(base, loc) not in replaced]
 
 
-def _dataset(root: storage.Location, table: str, files: list[storage.Location]) -> ds.Dataset:
-    """A table's files as one Arrow dataset.
+def _depth(base: storage.Location, loc: storage.Location) -> int:
+    return relative_name(base, loc).count("/")
 
-    The schema is the union over runs (one file per run name is enough: a run writes one schema) and
+
+def relative_name(base: storage.Location, loc: storage.Location) -> str:
+    """A file's path below its table folder: how a part names the files it replaces."""
+    return loc.path[len(base.path) + 1:]
+
+
+def is_part(loc: storage.Location) -> bool:
+    return loc.name.startswith(PART_PREFIX)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    replaces: tuple[str, ...]  # the files whose rows it holds, relative to its table folder
+    written_at: float  # seconds since the epoch
+    rows: int
+
+
+def part_info(part: storage.Location) -> PartInfo:
+    """What a part's footer says of it (one small read: Parquet keeps it at the end of the file)."""
+    with storage.open_input(part) as f:
+        metadata = pq.read_metadata(f)
+    info = json.loads(metadata.metadata[PART_KEY])
+    return PartInfo(tuple(info["replaces"]), info["written_at"], metadata.num_rows)
+
+
+def table_datasets(root: storage.Location, table: str, files: list[storage.Location]) -> list[ds.Dataset]:
+    """A table's files as Arrow datasets: one of its small files, one of its parts, where there are any.
+
+    The schema is the union over runs and parts (one file per name is enough: a run writes one schema) and
     ADDED_COLUMNS, so runs with different models' labels, and runs from before a column existed, read
     together, with NULL where a file lacks a column.
     Strings with few values (video_id, run_id, emotion) arrive dictionary-encoded, which DuckDB
-    joins and groups on several times faster than plain strings.
+    joins and groups on several times faster than plain strings. A per-video table's small files take
+    video_id from their folder (video_id=<id>), its parts hold it as a column, sorted, so a filter on one
+    video skips all but a row group or two.
     """
     if not files and table in OPTIONAL_TABLES:
-        return ds.dataset(OPTIONAL_TABLES[table].empty_table())
-    one_per_run = {loc.name: loc for loc in files}.values()
+        return [ds.dataset(OPTIONAL_TABLES[table].empty_table())]
+    one_per_name = {loc.name.split(".")[0]: loc for loc in files}.values()
     added = [ADDED_COLUMNS[table]] if table in ADDED_COLUMNS else []
-    schema = pa.unify_schemas([storage.read_schema(loc) for loc in one_per_run] + added)
-    paths = [loc.path for loc in files]
+    schema = pa.unify_schemas([storage.read_schema(loc).remove_metadata() for loc in one_per_name] + added)
     if TABLE_DEPTH[table] == 0:
-        return ds.dataset(paths, schema=schema, format="parquet", filesystem=root.fs)
+        return [ds.dataset([loc.path for loc in files], schema=schema, format="parquet", filesystem=root.fs)]
     codes = pa.dictionary(pa.int32(), pa.string())
-    schema = pa.schema([f.with_type(codes) if f.name in DICTIONARY_COLUMNS else f for f in schema])
-    video_ids = sorted({PurePosixPath(path).parent.name.removeprefix("video_id=") for path in paths})
-    partitioning = ds.HivePartitioning(pa.schema([("video_id", codes)]), dictionaries={"video_id": pa.array(video_ids)})
+    schema = pa.schema([f.with_type(codes) if f.name in DICTIONARY_COLUMNS else f
+                        for f in schema if f.name != "video_id"])
     read_options = ds.ParquetReadOptions(dictionary_columns=[c for c in DICTIONARY_COLUMNS if c in schema.names])
-    return ds.dataset(paths, schema=schema.append(pa.field("video_id", codes)), filesystem=root.fs,
-                      format=ds.ParquetFileFormat(read_options=read_options), partitioning=partitioning,
-                      partition_base_dir=root.child(table).path)
+    file_format = ds.ParquetFileFormat(read_options=read_options)
+    small = [loc.path for loc in files if not is_part(loc)]
+    parts = [loc.path for loc in files if is_part(loc)]
+    datasets = []
+    if small:
+        video_ids = sorted({PurePosixPath(path).parent.name.removeprefix("video_id=") for path in small})
+        partitioning = ds.HivePartitioning(pa.schema([("video_id", codes)]),
+                                           dictionaries={"video_id": pa.array(video_ids)})
+        datasets.append(ds.dataset(small, schema=schema.append(pa.field("video_id", codes)), filesystem=root.fs,
+                                   format=file_format, partitioning=partitioning,
+                                   partition_base_dir=root.child(table).path))
+    if parts:
+        datasets.append(ds.dataset(parts, schema=schema.append(pa.field("video_id", pa.string())),
+                                   filesystem=root.fs, format=file_format))
+    return datasets
+
+
+def register_table(con: duckdb.DuckDBPyConnection, table: str, datasets: list[ds.Dataset]) -> str:
+    """Registers a table's datasets on con; the SQL that reads them as one relation."""
+    names = []
+    for i, dataset in enumerate(datasets):
+        names.append(f"{table}_files" + (f"_{i}" if i else ""))
+        con.register(names[-1], dataset)
+    return names[0] if len(names) == 1 else "(" + " UNION ALL BY NAME ".join(f"FROM {n}" for n in names) + ")"
+
+
+def read_rows(results_dir: str | Path | storage.Location, table: str) -> pa.Table:
+    """Every visible row of one table (with video_id), for the writers that need a table whole (people)."""
+    root = storage.locate(results_dir)
+    files = table_files(root, table)
+    if not files:
+        return pa.table({})
+    con = duckdb.connect()
+    source = register_table(con, table, table_datasets(root, table, files))
+    return con.sql(f"SELECT * FROM {source}").to_arrow_table()
 
 
 def _meta_columns(meta: ds.Dataset) -> list[str]:

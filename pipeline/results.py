@@ -1,10 +1,11 @@
 """The results folder (local, or at an object-store URI): Parquet tables written atomically, run records, the lock.
 
     faces/video_id=<id>/<run>.parquet   frames/video_id=<id>/<run>.parquet   tracks/video_id=<id>/<run>.parquet
-    videos/<run>.parquet                runs/<run>.json                      people/people.parquet
-    meta/meta.parquet (fervid meta)
+    videos/<run>.<first record>.parquet runs/<run>.json                      people/people.parquet
+    meta/meta.parquet (fervid meta)     <table>/part-<time>-<hex>.parquet: many videos' rows (pipeline/compact.py)
 
-A video's files are complete before its record lands in videos/; the record is the commit.
+A video's files are complete before its record lands in videos/; the record is the commit. Each commit
+adds files and rewrites none, so it takes the same time however many videos came before.
 Superseded files of a video are removed only after the new record is in.
 """
 
@@ -39,6 +40,7 @@ class ResultsStore:
     def __init__(self, root: str | Path) -> None:
         """Opens RESULTS for writing, creating its folders: call it once the run's checks have passed."""
         self.root = storage.locate(root)
+        self.records_written: dict[str, int] = {}  # per run: records already in videos/
         probe = self.root.child(".write-test")
         try:
             if self.root.remote:  # an unknown bucket, bad credentials, no endpoint: one line naming RESULTS
@@ -104,22 +106,15 @@ class ResultsStore:
         """A video's tables, each written whole (tracks only with identity on)."""
         for name, table in zip(PER_VIDEO_TABLES, (faces, frames, tracks)):
             if table is not None:
-                storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), _parquet(table))
-
-    def read_video_table(self, name: str, video_id: str, run_id: str) -> pa.Table | None:
-        """One of a video's tables as a run wrote it; None where that run wrote none."""
-        location = self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet")
-        if storage.stat(location).type != FileType.File:
-            return None
-        return pq.read_table(pa.BufferReader(storage.read_bytes(location)))
+                storage.write_bytes(self.root.child(name, f"video_id={video_id}", f"{run_id}.parquet"), parquet_bytes(table))
 
     def write_people(self, people: pa.Table) -> None:
         """The person of every track, replacing the last assignment whole (one object, written atomically)."""
-        storage.write_bytes(self.root.child("people", PEOPLE_FILE), _parquet(people))
+        storage.write_bytes(self.root.child("people", PEOPLE_FILE), parquet_bytes(people))
 
     def write_meta(self, meta: pa.Table) -> None:
         """The table `fervid meta` attached, replacing the last one whole."""
-        storage.write_bytes(self.root.child("meta", META_FILE), _parquet(meta))
+        storage.write_bytes(self.root.child("meta", META_FILE), parquet_bytes(meta))
 
     def read_people(self) -> pa.Table:
         location = self.root.child("people", PEOPLE_FILE)
@@ -128,11 +123,16 @@ class ResultsStore:
         return pq.read_table(pa.BufferReader(storage.read_bytes(location))).cast(PEOPLE_SCHEMA)
 
     def write_records(self, run_id: str, records: list[dict]) -> None:
-        """This run's video records so far: the whole file is replaced, never appended to."""
-        table = pa.Table.from_pylist(records, schema=VIDEOS_SCHEMA)
-        storage.write_bytes(self.root.child("videos", f"{run_id}.parquet"), _parquet(table))
+        """This run's video records so far: those not yet written go into a new file, named by the first
+        one's place in the run (videos/<run>.<n>.parquet), so a commit writes only its own."""
+        first = self.records_written.get(run_id, 0)
+        if len(records) > first:
+            table = pa.Table.from_pylist(records[first:], schema=VIDEOS_SCHEMA)
+            storage.write_bytes(self.root.child("videos", f"{run_id}.{first:07d}.parquet"), parquet_bytes(table))
+            self.records_written[run_id] = len(records)
 
     def drop_superseded(self, video_id: str, run_id: str) -> None:
+        """A video's files from other runs (rows of it in parts go when the part is merged again)."""
         for name in PER_VIDEO_TABLES:
             for old, _ in storage.list_files(self.root.child(name, f"video_id={video_id}")):
                 if old.name.endswith(".parquet") and old.name != f"{run_id}.parquet":
@@ -143,7 +143,8 @@ class ResultsStore:
         storage.write_bytes(self.root.child("runs", f"{run_id}.json"), text.encode())
 
 
-def _parquet(table: pa.Table) -> pa.Buffer:
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> pa.Buffer:
+    """A table as one Parquet file's bytes, as every fervid table is written (zstd)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     return sink.getvalue()

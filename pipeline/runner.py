@@ -25,17 +25,18 @@ import pyarrow as pa
 
 from pipeline import storage
 from pipeline.assemble import Assembler, CompletedVideo
+from pipeline.compact import COMPACT_AT, END_COMPACT_AT, compact
 from pipeline.config import Config
 from pipeline.decode import VideoInfo
+from pipeline.embed import gallery_embeddings
 from pipeline.errors import FervidError, first_line
 from pipeline.executor import connect, graph
 from pipeline.finalize import finalize
-from pipeline.embed import gallery_embeddings
 from pipeline.identity import TrackEmbedding, assign_people, name_people, people_table
 from pipeline.models import ClassifierSpec, file_digest, resolve_models, resolve_recognizer
-from pipeline.query import latest_records
 from pipeline.plan import VideoFile, discover, plan_segments
 from pipeline.progress import Console, Progress, StatusLine, Steps
+from pipeline.query import latest_records, read_rows
 from pipeline.results import ResultsStore
 from pipeline.schema import CLASSIFY_NODE, EXTRACT_NODE, FAILED, OK, SKIPPED, Segment
 
@@ -107,6 +108,7 @@ class Runner:
         self.line = StatusLine(console or sys.stderr, enabled=show_progress)
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
         self.records: list[dict] = []
+        self.commits = 0
         self.summary = RunSummary(self.run_id)
         # committed work per Ray node id: which machines of a cluster did what
         self.frames_by_node: Counter[str] = Counter()
@@ -135,6 +137,7 @@ class Runner:
         if todo:
             self._analyse(todo)
         self.store.write_records(self.run_id, self.records)
+        compact(self.store.root, min_files=END_COMPACT_AT)
         if self.config.identity.enabled:
             self._assign_people()
         self.summary.wall_s = time.monotonic() - self.started
@@ -143,13 +146,9 @@ class Runner:
     def _assign_people(self) -> None:
         """Person ids for every analysed track in the folder, earlier ones kept; names from the gallery (this
         run's, else the last assignment's). The people table is replaced whole."""
-        tracks = []
-        for record in latest_records(self.store.root).to_pylist():
-            table = self.store.read_video_table("tracks", record["video_id"], record["run_id"]) \
-                if record["status"] == OK else None
-            for row in (table.to_pylist() if table is not None else []):
-                tracks.append(TrackEmbedding(record["video_id"], record["run_id"], row["track_id"],
-                                             np.asarray(row["embedding"], np.float32)))
+        counted = {(r["video_id"], r["run_id"]) for r in latest_records(self.store.root).to_pylist() if r["status"] == OK}
+        tracks = [TrackEmbedding(row["video_id"], row["run_id"], row["track_id"], np.asarray(row["embedding"], np.float32))
+                  for row in read_rows(self.store.root, "tracks").to_pylist() if (row["video_id"], row["run_id"]) in counted]
         before = self.store.read_people().to_pylist()
         previous = {(r["video_id"], r["run_id"], r["track_id"]): r["person_id"] for r in before}
         assigned = assign_people(tracks, previous, self.config.identity.same_person)
@@ -274,6 +273,9 @@ class Runner:
             self.faces_by_node.update(rows[CLASSIFY_NODE].to_pylist())
         self.store.write_records(self.run_id, self.records)
         self.store.drop_superseded(completed.video_id, self.run_id)
+        self.commits += 1
+        if self.commits % COMPACT_AT == 0:  # a long run keeps the file count, and so reading, in bounds
+            compact(self.store.root)
 
     def _record(self, video_id: str, file: VideoFile, status: str, error: str | None, info: VideoInfo | None = None,
                 sampled: int = 0, faces: int = 0, started_at: datetime | None = None) -> None:

@@ -82,7 +82,7 @@ class Location:
 
     @property
     def name(self) -> str:
-        return PurePosixPath(self.path).name
+        return self.path.rpartition("/")[2]
 
     def child(self, *parts: str) -> Location:
         return dataclasses.replace(self, path="/".join([self.path.rstrip("/"), *parts]))
@@ -151,30 +151,32 @@ def list_files(target: str | Path | Location) -> list[tuple[Location, int]]:
 
 
 def _list_local(root: Location) -> list[tuple[Location, int]]:
-    top = Path(root.path)
-    if top.is_file():
-        paths = [top]
-    elif not top.is_dir():
+    if os.path.isfile(root.path):
+        return [(root, os.path.getsize(root.path))]
+    if not os.path.isdir(root.path):
         return []
-    else:
-        paths = []
-        seen: set[tuple[int, int]] = set()
-        for folder, dirs, files in os.walk(top, followlinks=True):
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen:  # a link loop, or a folder reached twice
-                dirs[:] = []
+    listed: list[tuple[Location, int]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: str) -> None:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a link loop, or a folder reached twice
+            return
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as entries:
+            entries = sorted(entries, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir():
+                walk(entry.path)
                 continue
-            seen.add((st.st_dev, st.st_ino))
-            dirs.sort()
-            paths += [Path(folder) / name for name in sorted(files)]
-    listed = []
-    for path in paths:
-        try:
-            size = path.stat().st_size
-        except OSError:  # a dangling link
-            size = 0
-        listed.append((dataclasses.replace(root, path=str(path)), size))
-    return listed
+            try:
+                size = entry.stat().st_size
+            except OSError:  # a dangling link
+                size = 0
+            listed.append((dataclasses.replace(root, path=entry.path), size))
+
+    walk(root.path)
+    return sorted(listed, key=lambda item: item[0].path)
 
 
 def open_input(target: str | Path | Location) -> pa.NativeFile:
@@ -225,11 +227,15 @@ def write_bytes(target: str | Path | Location, data: bytes | pa.Buffer) -> None:
     os.replace(tmp, path)
 
 
-def delete(target: str | Path | Location) -> None:
-    """Remove a file; one already gone is fine."""
+def delete(target: str | Path | Location, prune_folder: bool = False) -> None:
+    """Remove a file; one already gone is fine. prune_folder: its folder too, locally, if that leaves it empty
+    (an object store has no folders), so a folder of many per-video folders does not fill with empty ones."""
     loc = locate(target)
     if not loc.remote:
         Path(loc.path).unlink(missing_ok=True)
+        if prune_folder:
+            with contextlib.suppress(OSError):  # not empty, or gone
+                os.rmdir(Path(loc.path).parent)
         return
     with _remote_errors(loc.uri), contextlib.suppress(FileNotFoundError):
         loc.fs.delete_file(loc.path)
