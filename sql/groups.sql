@@ -14,6 +14,8 @@ UNION ALL SELECT video_id, '{meta}', "{meta}" FROM video_meta WHERE "{meta}" IS 
 -- One row per group: its videos, usable faces, face_seconds (each usable face stands for its sampled frame's
 -- span), and per emotion the share of the group's usable faces showing it, with a 95% interval from 1,000
 -- bootstrap resamples of the group's videos (drawn by a fixed hash, so every run gives the same interval).
+-- A group of more than 2,000 videos gets the normal interval the bootstrap tends to instead (the share's
+-- standard error over videos, as for a ratio of sums): resampling it would cost 1,000 rows per video.
 CREATE VIEW group_summary AS
 WITH per_video AS (
     SELECT g.group_by, g.group_name, g.video_id,
@@ -30,17 +32,34 @@ WITH per_video AS (
     FROM per_video
 ), draws AS (
     SELECT group_by, group_name, r, (hash(20261202, r, i, group_by, group_name) % n)::BIGINT AS k
-    FROM (SELECT DISTINCT group_by, group_name, n, unnest(range(n)) AS i FROM numbered), range(1000) t(r)
+    FROM (SELECT DISTINCT group_by, group_name, n, unnest(range(n)) AS i FROM numbered WHERE n <= 2000),
+        range(1000) t(r)
 ), resampled AS (
     SELECT group_by, group_name, r,
         sum(n_{label}) / nullif(sum(faces), 0) AS share_{label},
     FROM draws JOIN numbered USING (group_by, group_name, k)
     GROUP BY group_by, group_name, r
+), totals AS (
+    SELECT group_by, group_name, count(*) AS n, sum(faces) AS faces,
+        sum(n_{label}) / nullif(sum(faces), 0) AS share_{label},
+    FROM per_video
+    GROUP BY group_by, group_name
+    HAVING count(*) > 2000
+), spread AS (
+    SELECT group_by, group_name,
+        any_value(t.share_{label}) AS share_{label},
+        sqrt(sum((p.n_{label} - t.share_{label} * p.faces) ^ 2) * any_value(t.n) / (any_value(t.n) - 1)) / nullif(any_value(t.faces), 0) AS se_{label},
+    FROM per_video p JOIN totals t USING (group_by, group_name)
+    GROUP BY group_by, group_name
 ), intervals AS (
     SELECT group_by, group_name,
         quantile_cont(share_{label}, 0.025) AS share_{label}_low, quantile_cont(share_{label}, 0.975) AS share_{label}_high,
     FROM resampled
     GROUP BY group_by, group_name
+    UNION ALL
+    SELECT group_by, group_name,
+        greatest(share_{label} - 1.96 * se_{label}, 0), least(share_{label} + 1.96 * se_{label}, 1),
+    FROM spread
 )
 SELECT group_by, group_name, count(*) AS videos, sum(faces)::BIGINT AS faces, sum(face_s) AS face_seconds,
     sum(n_{label}) / nullif(sum(faces), 0) AS share_{label},

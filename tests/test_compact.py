@@ -145,3 +145,20 @@ def test_delete_replaced_leaves_files_a_reader_may_still_be_reading(uncompacted)
     root = storage.locate(uncompacted)
     assert delete_replaced(root, "faces", keep_replaced_s=600) == 0
     assert len(list(uncompacted.glob("faces/video_id=*/*.parquet"))) == 300
+
+
+def test_once_compacted_another_engine_reads_each_table_as_its_parts(analysed, tmp_path):
+    pl = pytest.importorskip("polars")
+    results = tmp_path / "results"
+    shutil.copytree(analysed, results)
+    assert main(["compact", str(results), "--keep-replaced", "0"]) == 0
+    videos = (pl.scan_parquet(str(results / "videos" / "part-*.parquet"))  # the latest_records rule, in Polars
+              .filter(pl.col("status") != "skipped").sort("finished_at", "run_id")
+              .group_by("video_id").last().filter(pl.col("status") == "ok"))
+    faces = pl.scan_parquet(str(results / "faces" / "part-*.parquet")).join(videos, on=["video_id", "run_id"],
+                                                                               how="semi")
+    got = faces.group_by("video_id").agg(pl.len(), pl.col("p_happy").mean()).sort("video_id").collect().rows()
+    expected = connect(results).sql("SELECT video_id, count(*), avg(p_happy) FROM faces GROUP BY 1 ORDER BY 1"
+                                    ).fetchall()
+    assert [(v, n) for v, n, _ in got] == [(v, n) for v, n, _ in expected] and len(got) == 4  # no_face.mp4 has none
+    assert all(abs(a[2] - b[2]) < 1e-6 for a, b in zip(got, expected))

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
@@ -107,3 +108,39 @@ def test_the_overview_draws_its_charts_and_shows_names_as_text(grouped, open_pag
     assert problems == []
     index, problems = open_page(tmp_path / "report" / "index.html")
     assert index.locator("#overview").get_attribute("href") == "overview.html" and problems == []
+
+
+def test_a_group_of_thousands_of_videos_gets_the_normal_interval_the_bootstrap_tends_to(tmp_path):
+    """2,400 videos in one folder (over the 2,000 the bootstrap is kept for), each one of 12 random
+    variants: group_summary's interval against 1,000 bootstrap resamples drawn here with numpy."""
+    from jobs.bench_query import LABELS, synthetic_record, synthetic_tables, video_id
+    from pipeline.compact import write_part
+    from pipeline.results import ResultsStore
+    from pipeline.schema import VIDEOS_SCHEMA
+
+    rng = np.random.default_rng(3)
+    variants = [synthetic_tables(int(rng.integers(5, 40)), LABELS, "r", rng)[0] for _ in range(12)]
+    videos = 2400
+    store = ResultsStore(tmp_path)
+    chosen = [variants[v % 12] for v in range(videos)]
+    faces = pa.concat_tables([t.append_column("video_id", pa.array([video_id(v)] * len(t)))
+                              for v, t in enumerate(chosen)])
+    write_part(store.root, "faces", [], faces)
+    frames = pa.concat_tables([pa.table({"frame_index": t["frame_index"], "pts_s": t["pts_s"],
+                                         "face_count": pa.array([1] * len(t), pa.int16()),
+                                         "small_faces": pa.array([0] * len(t), pa.int16()), "run_id": t["run_id"],
+                                         "video_id": pa.array([video_id(v)] * len(t))}) for v, t in enumerate(chosen)])
+    write_part(store.root, "frames", [], frames)
+    write_part(store.root, "videos", [], pa.Table.from_pylist(
+        [synthetic_record(video_id(v), "r", len(chosen[v])) for v in range(videos)], schema=VIDEOS_SCHEMA))
+    con = connect(tmp_path)
+    per_video = con.sql("SELECT count(*) FILTER (WHERE emotion = 'happy'), count(*) FROM faces WHERE usable "
+                        "GROUP BY video_id").fetchnumpy()
+    happy, usable = (np.asarray(per_video[c], float) for c in per_video)
+    draws = np.random.default_rng(0).integers(0, len(happy), (1000, len(happy)))
+    low, high = np.percentile(happy[draws].sum(1) / usable[draws].sum(1), [2.5, 97.5])
+    [(videos_seen, share, got_low, got_high)] = con.sql(
+        "SELECT videos, share_happy, share_happy_low, share_happy_high FROM group_summary").fetchall()
+    assert videos_seen == videos and got_low < share < got_high
+    width = high - low
+    assert width > 0.005 and abs(got_low - low) < 0.15 * width and abs(got_high - high) < 0.15 * width

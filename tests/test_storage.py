@@ -153,6 +153,20 @@ def test_query_report_and_annotate_read_results_at_a_uri(s3_run, analysed, endpo
     assert (tmp_path / "a.mp4").stat().st_size > 0
 
 
+def test_compacting_results_in_a_bucket_keeps_every_view(s3_run, endpoint, capsys):
+    sql = "SELECT * FROM video_summary ORDER BY video_id"
+    results = uri(endpoint, "results")
+    answers = []
+    for _ in range(2):
+        assert main(["query", results, sql, "--format", "json"]) == 0
+        answers.append(capsys.readouterr().out)
+        assert main(["compact", results, "--keep-replaced", "0"]) == 0
+        assert "compacted:" in capsys.readouterr().out
+    assert answers[0] == answers[1]
+    keys = [loc.name for loc, _ in storage.list_files(storage.locate(results).child("faces"))]
+    assert keys and all(key.startswith("part-") for key in keys)  # the per-video objects are deleted
+
+
 def test_content_ids_are_the_same_local_and_remote_from_at_most_three_ranged_reads(shared, s3, videos, endpoint, caplog):
     for video in sorted((shared / "videos").iterdir()):
         caplog.clear()
