@@ -129,9 +129,27 @@ QUERIES = {
     "one video's timeline": "SELECT * FROM timeline WHERE video_id = '0000000000000007'",
     "one video's emotion_segments": "SELECT * FROM emotion_segments WHERE video_id = '0000000000000007'",
     "emotion_segments, all videos": "SELECT count(*) FROM emotion_segments",
-    "group_summary (1,000 resamples)": "SELECT * FROM group_summary",
+    "group_summary": "SELECT * FROM group_summary",
     "group_timeline(20)": "SELECT * FROM group_timeline(20)",
 }
+
+
+def write_and_time_commits(root: Path, args: argparse.Namespace) -> None:
+    """The synthetic results, with the time per commit, and connect before and after the replaced files go."""
+    started = time.perf_counter()
+    took = write_synthetic(root, args.videos, args.frames, commits=args.commits)
+    print(f"wrote {args.videos * args.frames:,} face rows in {args.videos} videos "
+          f"in {time.perf_counter() - started:.1f}s")
+    for which, seconds in took.items():
+        if seconds:
+            print(f"  {which} {len(seconds)} commits: mean {np.mean(seconds) * 1000:.1f} ms, "
+                  f"99th percentile {np.percentile(seconds, 99) * 1000:.1f} ms (compactions included)")
+    started = time.perf_counter()
+    connect(root)
+    print(f"connect, with the replaced files still kept: {time.perf_counter() - started:.3f}s")
+    deleted = compact(root, keep_replaced_s=0).deleted
+    print(f"deleted the {deleted} replaced files (as a run or `fervid compact` does once they are "
+          f"{KEEP_REPLACED_S} s old)")
 
 
 def main() -> None:
@@ -141,24 +159,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--commits", type=int, default=1000,
                         help="videos committed one by one at the start and at the end (the rest: as parts)")
-    parser.add_argument("--keep", help="write the synthetic RESULTS here and keep it (default: a temp folder)")
+    parser.add_argument("--keep", help="write the synthetic RESULTS here and keep it (default: a temp folder); "
+                        "results already there are timed again, not rewritten")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
-        started = time.perf_counter()
-        took = write_synthetic(root, args.videos, args.frames, commits=args.commits)
-        print(f"wrote {args.videos * args.frames:,} face rows in {args.videos} videos "
-              f"in {time.perf_counter() - started:.1f}s")
-        for which, seconds in took.items():
-            if seconds:
-                print(f"  {which} {len(seconds)} commits: mean {np.mean(seconds) * 1000:.1f} ms, "
-                      f"99th percentile {np.percentile(seconds, 99) * 1000:.1f} ms (compactions included)")
-        started = time.perf_counter()
-        connect(root)
-        print(f"connect, with the replaced files still kept: {time.perf_counter() - started:.3f}s")
-        deleted = compact(root, keep_replaced_s=0).deleted
-        print(f"deleted the {deleted} replaced files (as a run or `fervid compact` does once they are "
-              f"{KEEP_REPLACED_S} s old)")
+        if (root / "videos").is_dir():
+            print(f"timing the results already in {root} (--videos, --frames and --commits do not apply)")
+        else:
+            write_and_time_commits(root, args)
         started = time.perf_counter()
         con = connect(root)
         print(f"connect (views, labels): {time.perf_counter() - started:.3f}s")
