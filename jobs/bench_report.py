@@ -1,12 +1,16 @@
 """Benchmark: `fervid report` over many videos, with its wall time and the process's peak memory.
 
-    python -m jobs.bench_report RESULTS [--videos 100] [--keep DIR]    copies of a real run's videos
-    python -m jobs.bench_report --frames 5000 [--videos 100]          synthetic long videos, sources absent
+    python -m jobs.bench_report RESULTS [--videos 100] [--changed 10] [--keep DIR]    copies of a real run's videos
+    python -m jobs.bench_report --frames 5000 [--videos 100] [--changed 10]          synthetic videos, sources absent
 
 With RESULTS, each fabricated video is a copy of one of its analysed videos' partitions under a new
 video_id, pointing at the same source file, so the key-moment thumbnails are really decoded. With
 --frames, the videos are jobs.bench_query's synthetic ones (a face on every frame), whose source files
 do not exist: the pages say so, and the time is the views, the charts and the HTML alone.
+
+The first report draws every page; it is followed by a report into the same folder with nothing changed
+(the index and the overview alone), and, unless --changed 0, one after a later run recorded CHANGED of the
+videos again, which draws their pages.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import resource
 import shutil
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from jobs.bench_query import write_synthetic
 from pipeline.query import latest_records
-from pipeline.report import write_report
+from pipeline.report import Written, write_report
 from pipeline.results import ResultsStore
 
 
@@ -42,11 +47,27 @@ def fabricate(source: Path, root: Path, videos: int) -> None:
         shutil.copyfile(run, root / "runs" / run.name)
 
 
+def record_again(root: Path, videos: int) -> None:
+    """A later run's records for the first `videos` ok videos, as if analysed again with the same outcome (as the
+    tests' fixtures do): their pages' keys change, the others' do not."""
+    records = [r for r in latest_records(root).to_pylist() if r["status"] == "ok"][:videos]
+    now = datetime.now(timezone.utc)
+    ResultsStore(root).write_records("bench-again", [{**record, "finished_at": now} for record in records])
+
+
+def timed_report(root: Path) -> tuple[Written, float]:
+    started = time.perf_counter()
+    written = write_report(root / "results", root / "report")
+    return written, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", help="a real RESULTS folder to copy videos from")
     parser.add_argument("--videos", type=int, default=100)
     parser.add_argument("--frames", type=int, help="synthetic videos of this many sampled frames instead")
+    parser.add_argument("--changed", type=int, default=10,
+                        help="videos recorded again before the third report (0: no third report)")
     parser.add_argument("--keep", help="write the fabricated RESULTS and the report here (default: a temp folder)")
     args = parser.parse_args()
     if (args.results is None) == (args.frames is None):
@@ -58,16 +79,20 @@ def main() -> None:
         else:
             fabricate(Path(args.results), root / "results", args.videos)
         before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        started = time.perf_counter()
-        index = write_report(root / "results", root / "report")
-        wall_s = time.perf_counter() - started
+        written, wall_s = timed_report(root)
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        pages = len(list(index.parent.glob("*.html"))) - 1
-        thumbs = len(list((index.parent / "thumbs").glob("*.jpg")))
-        size_mib = sum(p.stat().st_size for p in index.parent.rglob("*") if p.is_file()) / 2**20
-        print(f"{pages} video pages, {thumbs} thumbnails, {size_mib:.1f} MiB (plotly.min.js included) "
-              f"in {wall_s:.1f}s ({wall_s / max(pages, 1) * 1000:.0f} ms per video); "
+        thumbs = len(list((root / "report" / "thumbs").glob("*.jpg")))
+        size_mib = sum(p.stat().st_size for p in (root / "report").rglob("*") if p.is_file()) / 2**20
+        print(f"{written.drawn} video pages, {thumbs} thumbnails, {size_mib:.1f} MiB (plotly.min.js included) "
+              f"in {wall_s:.1f}s ({wall_s / max(written.drawn, 1) * 1000:.0f} ms per video); "
               f"peak RSS {peak_mib:.0f} MiB ({before_mib:.0f} MiB before the report)")
+        written, wall_s = timed_report(root)
+        print(f"again, nothing changed: {written.drawn} pages drawn, {written.kept} kept, in {wall_s:.1f}s")
+        if args.changed:
+            record_again(root / "results", args.changed)
+            written, wall_s = timed_report(root)
+            print(f"again, {args.changed} videos recorded again: {written.drawn} pages drawn, {written.kept} kept, "
+                  f"in {wall_s:.1f}s")
 
 
 if __name__ == "__main__":

@@ -239,12 +239,18 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", default="folder", metavar="COLUMN",
                         help="overview.html compares groups of videos by their folder (default) or by a column "
                         "attached with fervid meta")
+    parser.add_argument("--full", action="store_true", help="draw every video page again, not only those whose "
+                        "results changed since the last report into this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
-    print(f"wrote {write_report(args.results, args.out, args.videos, args.group_by)}")
+    written = write_report(args.results, args.out, args.videos, args.group_by, full=args.full,
+                           show_progress=not args.quiet)
+    print(f"wrote {written.index}: {written.drawn} video pages drawn, {written.kept} unchanged, "
+          f"{written.removed} removed")
     return 0
 
 

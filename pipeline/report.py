@@ -6,12 +6,20 @@ plotly.js that ships inside the plotly package, copied once into the report fold
 their data and layout are written as plotly.js documents them (plotly's Python figure objects validate
 every point, which took most of the report's time). Jinja autoescapes everything, so file names, paths,
 errors and model ids show as text.
+
+A report folder remembers, in STATE, a key per video page: a digest of everything the page shows. The next
+report into that folder draws only the pages whose key changed, so adding ten videos to a hundred thousand
+costs ten pages, the index and the overview.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,15 +29,20 @@ import numpy as np
 import plotly
 from pyarrow.fs import FileType
 
-from pipeline import query, storage
+from pipeline import __version__, presentation, query, storage
 from pipeline.config import CropConfig
 from pipeline.crop import aligned_crops, square_crops
 from pipeline.decode import read_frames
 from pipeline.errors import FervidError
 from pipeline.presentation import clock, emotion_colours, find_videos, labels_of, source_problem
+from pipeline.progress import StatusLine, Steps
 from pipeline.schema import FACE_BOX, OK, score_column
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+TEMPLATES = Path(__file__).parent / "templates"
+STATE = ".fervid-report.json"  # in the report folder: video_id -> the key its page was drawn with
+# the views behind a video page: video_index, video_segments, video_timeline, faces_at and the faces' people
+PAGE_VIEWS = ("records.sql", "base.sql", "video_summary.sql", "timeline.sql", "emotion_segments.sql", "report.sql")
 THUMB_PX = 128
 MAX_POINTS = 600  # chart points per track at most: long videos get wider timeline buckets
 MAX_CHARTS = 8  # tracks charted per video, the longest ones: a crowd's passers-by would bury the people who stay
@@ -38,11 +51,24 @@ UNUSABLE_COLOUR = "#9e9e9e"  # the strip where a track's faces were all unusable
 OVERVIEW_BINS = 20  # the overview's curves: bins over the position in the videos (5% each)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 videos: list[str] | None = None, group_by: str = "folder") -> Path:
-    """Write a page per selected video (all by default), index.html, and overview.html comparing the groups of
-    all analysed videos by group_by (their folder, or a column `fervid meta` attached); returns the index's path.
+@dataclass(frozen=True)
+class Written:
+    """What write_report did: where the index is, and how many video pages it drew, kept as they were, removed."""
 
+    index: Path
+    drawn: int
+    kept: int
+    removed: int
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None, videos: list[str] | None = None,
+                 group_by: str = "folder", full: bool = False, show_progress: bool = False) -> Written:
+    """Write a page per selected video (all by default), index.html, and overview.html comparing the groups of
+    all analysed videos by group_by (their folder, or a column `fervid meta` attached).
+
+    Only the pages whose key differs from the one OUT's state recorded (or that are missing) are drawn; full
+    draws every selected page. Pages of videos no longer analysed successfully are removed, whether selected
+    or not; other unselected pages stay as they are. The index and the overview are always written.
     OUT defaults to a folder beside RESULTS named `<RESULTS>-report`, so the results folder stays read-only;
     results at a URI need an OUT.
     """
@@ -52,6 +78,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir else Path(root.path).with_name(root.name + "-report")
     con = query.connect(root)
     rows = _sql(con, "SELECT * FROM video_index")  # every video's header and coverage, in one pass
+    ok = {row["video_id"] for row in rows if row["status"] == OK}
     if videos:
         chosen = {r["video_id"] for r in find_videos(con, rows, videos)}
         rows = [row for row in rows if row["video_id"] in chosen]
@@ -64,26 +91,42 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
             shutil.copyfile(PLOTLY_JS, out / PLOTLY_JS.name)
     except OSError as e:
         raise FervidError(f"cannot write the report to {out}: {e.strerror}") from None
+    pages = [row for row in rows if row["status"] == OK]
+    people = _track_people(con)
+    configs = {run_id: _run_config(root, run_id) for run_id in {row["run_id"] for row in pages}}
+    renderer = _renderer()
+    keys = {row["video_id"]: _page_key(row, people.get(row["video_id"], {}), configs[row["run_id"]], labels, renderer)
+            for row in pages}
+    state = _read_state(out)
+    redraw = [row for row in pages if full or state.get(row["video_id"]) != keys[row["video_id"]]
+              or not (out / f"{row['video_id']}.html").is_file()]
+    redrawn = {row["video_id"] for row in redraw}
+    gone = set(state) - ok
+    # The pages about to be drawn lose their keys first: a report killed halfway draws them again next time.
+    _write_state(out, {video_id: key for video_id, key in state.items() if video_id not in redrawn})
+    _remove(out, gone, redrawn)
     env = _environment()
-    for row in rows:
-        if row["status"] == OK:
-            page = _video_page(con, root, out, row, labels, colours)
-            _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
+    line = StatusLine(sys.stderr, enabled=show_progress)
+    for row in Steps(line, "drawing video pages", len(redraw)).track(redraw):
+        page = _video_page(con, out, row, labels, colours, configs[row["run_id"]], people.get(row["video_id"], {}))
+        _write(out / f"{row['video_id']}.html", env.get_template("video.html").render(colours=colours, **page))
+    line.close()
+    _write_state(out, {video_id: key for video_id, key in state.items() if video_id in ok} | keys)
     shown = {row["video_id"] for row in rows}
     duplicates = [d for d in _sql(con, "SELECT * FROM duplicates") if d["video_id"] in shown]
-    people = _people(con, shown)
     _write(out / "overview.html", env.get_template("overview.html").render(
         colours=colours, results=root.uri, group_by=group_by, bins=OVERVIEW_BINS,
         **overview(con, group_by, labels, colours)))
-    _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates, people=people,
-                                                                     colours=colours, results=root.uri,
-                                                                     group_by=group_by))
-    return out / "index.html"
+    _write(out / "index.html", env.get_template("index.html").render(rows=rows, duplicates=duplicates,
+                                                                     people=_people(con, shown), colours=colours,
+                                                                     results=root.uri, group_by=group_by))
+    return Written(out / "index.html", len(redraw), len(pages) - len(redraw), len(gone))
 
 
-def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Path, video: dict, labels: list[str],
-                colours: dict[str, str]) -> dict:
-    """Everything one video's page shows besides its index row, read from the views for that video only."""
+def _video_page(con: duckdb.DuckDBPyConnection, out: Path, video: dict, labels: list[str], colours: dict[str, str],
+                config: dict, people: dict[int, dict]) -> dict:
+    """Everything one video's page shows besides its index row, its run's settings and its people, read from the
+    views for that video only."""
     params = {"id": video["video_id"]}
     segments = _sql(con, "SELECT * FROM video_segments($id)", **params)
     shares = sorted({s["emotion"]: s for s in segments}.values(), key=lambda s: (-s["emotion_s"], s["emotion"]))
@@ -92,16 +135,80 @@ def _video_page(con: duckdb.DuckDBPyConnection, root: storage.Location, out: Pat
                          0.001), 3)
     timeline = _sql(con, "SELECT * FROM video_timeline($id, $bucket_s)", bucket_s=bucket_s, **params)
     moments = _key_moments(con, video, labels)
-    run = root.child("runs", f"{video['run_id']}.json")
-    config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
-    config.pop("inputs", None)  # which files a run took, not how this one was analysed
     crop = CropConfig(**{"align": False, **config.get("crop", {})})  # runs from before alignment cut square crops
     missing = _thumbnails(video, moments, crop, out)
-    people = {t["track_id"]: t for t in _sql(con, "SELECT track_id, person_id, person_name FROM tracks "
-                                                   "WHERE video_id = $id AND person_id IS NOT NULL", **params)}
     return {"video": video, "segments": segments, "shares": shares, "moments": moments, "missing": missing,
             "config": config, "bucket_s": bucket_s, "people": people,
             **_charts(timeline, labels, colours, video["duration_s"])}
+
+
+def _run_config(root: storage.Location, run_id: str) -> dict:
+    """The settings the run recorded in runs/<run>.json, without the files it took; {} where there is no such file
+    (yet: a run writes it when it ends)."""
+    run = root.child("runs", f"{run_id}.json")
+    config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
+    config.pop("inputs", None)  # which files a run took, not how this one was analysed
+    return config
+
+
+def _track_people(con: duckdb.DuckDBPyConnection) -> dict[str, dict[int, dict]]:
+    """Per video, the person of each of its tracks that has one (identity on), for every video in one query."""
+    people: dict[str, dict[int, dict]] = {}
+    for row in _sql(con, "SELECT DISTINCT video_id, track_id, person_id, person_name FROM faces "
+                         "WHERE person_id IS NOT NULL AND track_id IS NOT NULL"):
+        people.setdefault(row.pop("video_id"), {})[row["track_id"]] = row
+    return people
+
+
+def _renderer() -> str:
+    """fervid's version and a digest of what draws a video page (this module, presentation, the templates, and the
+    views the page reads), so a page drawn by other code is drawn again; views only the index and the overview
+    read (groups, people) are left out, so changing them redraws no page."""
+    digest = hashlib.blake2b(__version__.encode(), digest_size=16)
+    for path in (Path(__file__), Path(presentation.__file__), *sorted(TEMPLATES.glob("*.html")),
+                 *(query.SQL_DIR / name for name in PAGE_VIEWS)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _page_key(video: dict, people: dict[int, dict], config: dict, labels: list[str], renderer: str) -> str:
+    """A digest of everything a video's page shows: its video_index row (its run, when it finished, its counts and
+    peaks), the people of its tracks (`fervid forget` and gallery names change them without a new run), its run's
+    settings, the labels, and the renderer.
+
+    Floats are written to 12 significant digits: the views' means are summed in whatever order DuckDB's threads
+    take, and a last-bit difference must not redraw a page.
+    """
+    row = {name: f"{value:.12g}" if isinstance(value, float) else value for name, value in video.items()}
+    text = json.dumps([row, people, config, labels, renderer], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _read_state(out: Path) -> dict[str, str]:
+    """The keys of the pages in OUT as the last report recorded them; none where there is no readable record."""
+    try:
+        return json.loads((out / STATE).read_text(encoding="utf-8"))["pages"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _write_state(out: Path, pages: dict[str, str]) -> None:
+    """Replaces the state whole (a temporary file renamed over it), so a killed report leaves the old one or the new."""
+    temporary = out / f"{STATE}.tmp"
+    _write(temporary, json.dumps({"pages": pages}))
+    os.replace(temporary, out / STATE)
+
+
+def _remove(out: Path, gone: set[str], redrawn: set[str]) -> None:
+    """Deletes the pages and thumbnails of the videos gone, and the thumbnails of the pages about to be drawn again
+    (a page keeps only the thumbnails it shows)."""
+    for video_id in gone:
+        (out / f"{video_id}.html").unlink(missing_ok=True)
+    stale = gone | redrawn
+    if stale:
+        for thumb in (out / "thumbs").iterdir():
+            if thumb.name.partition("-")[0] in stale:
+                thumb.unlink()
 
 
 def _check_grouping(con: duckdb.DuckDBPyConnection, group_by: str) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from pipeline.decode import probe
 from pipeline.errors import FervidError
 from pipeline.presentation import emotion_colours, labels_of
 from pipeline.query import latest_records
-from pipeline.report import THUMB_PX, UNUSABLE_COLOUR
+from pipeline.report import STATE, THUMB_PX, UNUSABLE_COLOUR, write_report
 from pipeline.results import ResultsStore
 from pipeline.schema import VIDEOS_SCHEMA
 
@@ -211,3 +212,60 @@ def test_a_report_of_chosen_videos_from_fabricated_copies(results, tmp_path):
     chosen = [r[0] for r in con.sql("SELECT video_id FROM video_summary WHERE faces > 0 LIMIT 2").fetchall()]
     assert main(["report", str(tmp_path / "many"), "--video", *chosen, "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.html")) == sorted([*chosen, "index", "overview"])
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_incremental_report_equals_a_full_one(results, ids, tmp_path, capsys):
+    """Reported, then changed without a new run (the woman forgotten) and by a later run in which a video failed:
+    the report drawn again into the same folder is, byte for byte, the report drawn whole into a new one."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    incremental = tmp_path / "incremental"
+    first = write_report(copy, incremental)
+    assert (first.drawn, first.kept, first.removed) == (5, 0, 0)
+    assert list((incremental / "thumbs").glob(f"{ids['face_noface.mov']}-*.jpg"))
+
+    [(woman,)] = query.connect(copy).sql("SELECT DISTINCT person_id FROM faces JOIN videos USING (video_id) "
+                                         "WHERE path LIKE '%Wolfgang%'").fetchall()
+    assert main(["forget", str(copy), "--person", woman]) == 0
+    [record] = [r for r in latest_records(copy).to_pylist() if r["video_id"] == ids["face_noface.mov"]]
+    ResultsStore(copy).write_records("again", [{**record, "status": "failed", "error": "decoding failed",
+                                                "finished_at": datetime.now(timezone.utc), "run_id": "again"}])
+    second = write_report(copy, incremental)
+    assert (second.drawn, second.kept, second.removed) == (1, 3, 1)
+    assert main(["report", str(copy), "--out", str(tmp_path / "full"), "--full"]) == 0
+    assert "4 video pages drawn, 0 unchanged, 0 removed" in capsys.readouterr().out
+
+    full, drawn_again = folder_files(tmp_path / "full"), folder_files(incremental)
+    assert sorted(drawn_again) == sorted(full)
+    assert [name for name in full if drawn_again[name] != full[name]] == []
+    assert f"{ids['face_noface.mov']}.html" not in full and woman not in full["index.html"].decode()
+    assert not [name for name in full if name.startswith(f"thumbs/{ids['WolfgangLanger_Pexels.mp4']}-")]
+
+
+def test_a_report_with_nothing_changed_draws_no_page(results, ids, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert write_report(results, out).drawn == 5
+    pages = {path.stem: path for path in out.glob("*.html") if path.stem not in ("index", "overview")}
+    for page in pages.values():
+        os.utime(page, ns=(0, 0))  # a page drawn again gets the current time
+
+    again = write_report(results, out)
+    assert (again.drawn, again.kept, again.removed) == (0, 5, 0)
+    assert {page.stat().st_mtime_ns for page in pages.values()} == {0}
+
+    # A selection draws the chosen pages that changed or are missing, --full all the chosen ones; the rest stay.
+    hostile, woman = ids[Path(HOSTILE).name], ids["WolfgangLanger_Pexels.mp4"]
+    pages[hostile].unlink()
+    chosen = write_report(results, out, [hostile, woman])
+    assert (chosen.drawn, chosen.kept) == (1, 1)
+    assert write_report(results, out, [woman], full=True).drawn == 1
+    assert {video_id for video_id, page in pages.items() if page.stat().st_mtime_ns} == {hostile, woman}
+
+    assert main(["report", str(results), "--out", str(out), "--full"]) == 0
+    assert "5 video pages drawn, 0 unchanged, 0 removed" in capsys.readouterr().out
+    assert all(page.stat().st_mtime_ns for page in pages.values())
+    assert set(json.loads((out / STATE).read_text())["pages"]) == set(pages)
