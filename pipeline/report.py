@@ -92,11 +92,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, vid
     except OSError as e:
         raise FervidError(f"cannot write the report to {out}: {e.strerror}") from None
     pages = [row for row in rows if row["status"] == OK]
-    people = _track_people(con)
-    configs = {run_id: _run_config(root, run_id) for run_id in {row["run_id"] for row in pages}}
-    renderer = _renderer()
-    keys = {row["video_id"]: _page_key(row, people.get(row["video_id"], {}), configs[row["run_id"]], labels, renderer)
-            for row in pages}
+    people, configs = _track_people(con), _run_configs(root, pages)
+    keys = page_keys(pages, people, configs, labels)
     state = _read_state(out)
     redraw = [row for row in pages if full or state.get(row["video_id"]) != keys[row["video_id"]]
               or not (out / f"{row['video_id']}.html").is_file()]
@@ -142,13 +139,24 @@ def _video_page(con: duckdb.DuckDBPyConnection, out: Path, video: dict, labels: 
             **_charts(timeline, labels, colours, video["duration_s"])}
 
 
-def _run_config(root: storage.Location, run_id: str) -> dict:
-    """The settings the run recorded in runs/<run>.json, without the files it took; {} where there is no such file
-    (yet: a run writes it when it ends)."""
-    run = root.child("runs", f"{run_id}.json")
-    config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
-    config.pop("inputs", None)  # which files a run took, not how this one was analysed
-    return config
+def page_keys(pages: list[dict], people: dict[str, dict[int, dict]], configs: dict[str, dict],
+              labels: list[str]) -> dict[str, str]:
+    """Each video page's key (see _page_key), from its video_index row, its tracks' people and its run's settings."""
+    renderer = _renderer()
+    return {row["video_id"]: _page_key(row, people.get(row["video_id"], {}), configs[row["run_id"]], labels, renderer)
+            for row in pages}
+
+
+def _run_configs(root: storage.Location, pages: list[dict]) -> dict[str, dict]:
+    """Per run of the pages, the settings it recorded in runs/<run>.json, without the files it took; {} where there
+    is no such file (yet: a run writes it when it ends)."""
+    configs = {}
+    for run_id in {row["run_id"] for row in pages}:
+        run = root.child("runs", f"{run_id}.json")
+        config = json.loads(storage.read_bytes(run)).get("config", {}) if storage.stat(run).type == FileType.File else {}
+        config.pop("inputs", None)  # which files a run took, not how this one was analysed
+        configs[run_id] = config
+    return configs
 
 
 def _track_people(con: duckdb.DuckDBPyConnection) -> dict[str, dict[int, dict]]:
