@@ -162,3 +162,10 @@ def test_once_compacted_another_engine_reads_each_table_as_its_parts(analysed, t
                                     ).fetchall()
     assert [(v, n) for v, n, _ in got] == [(v, n) for v, n, _ in expected] and len(got) == 4  # no_face.mp4 has none
     assert all(abs(a[2] - b[2]) < 1e-6 for a, b in zip(got, expected))
+
+
+def test_compact_is_refused_while_a_run_holds_the_results(uncompacted, capsys):
+    with ResultsStore(uncompacted).lock():
+        assert main(["compact", str(uncompacted)]) == 1
+    assert "in use by another fervid run" in capsys.readouterr().err
+    assert len(small_files(uncompacted)) == 300  # nothing merged
