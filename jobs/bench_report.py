@@ -35,7 +35,8 @@ from pipeline.results import ResultsStore
 
 
 def fabricate(source: Path, root: Path, videos: int) -> None:
-    """A RESULTS folder of `videos` videos, copied round-robin from the ok videos of SOURCE."""
+    """A RESULTS folder of `videos` videos, copied round-robin from the ok videos of SOURCE (a folder of a few
+    videos, whose files are per video: not compacted)."""
     originals = [r for r in latest_records(source).to_pylist() if r["status"] == "ok"]
     store = ResultsStore(root)
     copies = []

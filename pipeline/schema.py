@@ -115,7 +115,8 @@ def scored_schema(labels: list[str]) -> pa.Schema:
 
 
 def faces_schema(labels: list[str]) -> pa.Schema:
-    """`faces/video_id=<id>/<run>.parquet`: one row per detected face per sampled frame (video_id is the folder)."""
+    """`faces/video_id=<id>/<run>.parquet`: one row per detected face per sampled frame (video_id is the folder;
+    in a compacted part, a column)."""
     return pa.schema([
         ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_index", pa.int16()),
         ("track_id", pa.int32()),  # null where the face is in no track, or tracking is off
