@@ -102,6 +102,19 @@ class TrackEmbedding:
     embedding: np.ndarray  # unit length
 
 
+def track_embeddings(tracks: pa.Table, counted: set[tuple[str, str]]) -> list[TrackEmbedding]:
+    """The rows of a tracks table (with video_id) whose (video_id, run_id) counts, each embedding a numpy view
+    of the column: a folder of 100,000 videos has hundreds of thousands of tracks, too many for a Python float
+    per number."""
+    if not len(tracks):
+        return []
+    column = tracks["embedding"].combine_chunks()
+    values, offsets = column.values.to_numpy(), column.offsets.to_numpy()
+    keys = zip(tracks["video_id"].to_pylist(), tracks["run_id"].to_pylist(), tracks["track_id"].to_pylist())
+    return [TrackEmbedding(video_id, run_id, track_id, values[offsets[i]:offsets[i + 1]])
+            for i, (video_id, run_id, track_id) in enumerate(keys) if (video_id, run_id) in counted]
+
+
 def assign_people(tracks: Iterable[TrackEmbedding], previous: dict[tuple[str, str, int], str],
                   same_person: float) -> dict[tuple[str, str, int], str]:
     """Person ids (p0001, p0002, ...) for every track: kept from `previous` where the track had one, else the

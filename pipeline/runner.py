@@ -32,7 +32,7 @@ from pipeline.embed import gallery_embeddings
 from pipeline.errors import FervidError, first_line
 from pipeline.executor import connect, graph
 from pipeline.finalize import finalize
-from pipeline.identity import TrackEmbedding, assign_people, name_people, people_table
+from pipeline.identity import assign_people, name_people, people_table, track_embeddings
 from pipeline.models import ClassifierSpec, file_digest, resolve_models, resolve_recognizer
 from pipeline.plan import VideoFile, discover, plan_segments
 from pipeline.progress import Console, Progress, StatusLine, Steps
@@ -147,8 +147,7 @@ class Runner:
         """Person ids for every analysed track in the folder, earlier ones kept; names from the gallery (this
         run's, else the last assignment's). The people table is replaced whole."""
         counted = {(r["video_id"], r["run_id"]) for r in latest_records(self.store.root).to_pylist() if r["status"] == OK}
-        tracks = [TrackEmbedding(row["video_id"], row["run_id"], row["track_id"], np.asarray(row["embedding"], np.float32))
-                  for row in read_rows(self.store.root, "tracks").to_pylist() if (row["video_id"], row["run_id"]) in counted]
+        tracks = track_embeddings(read_rows(self.store.root, "tracks"), counted)
         before = self.store.read_people().to_pylist()
         previous = {(r["video_id"], r["run_id"], r["track_id"]): r["person_id"] for r in before}
         assigned = assign_people(tracks, previous, self.config.identity.same_person)

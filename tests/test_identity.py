@@ -12,13 +12,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.decode import read_frames
-from pipeline.identity import TrackEmbedding, assign_people, name_people, split_tracks, unit
+from pipeline.identity import TrackEmbedding, assign_people, name_people, split_tracks, track_embeddings, unit
 from pipeline.query import connect
 from pipeline.results import ResultsStore
 from pipeline.runner import Runner
@@ -214,3 +215,13 @@ def test_forget_leaves_no_trace_of_the_person(analysed, tmp_path, capsys, compac
     assert main(["forget", str(results), "--all"]) == 0
     assert not list(results.glob("tracks/**/*.parquet"))
     assert connect(results).sql("SELECT count(*) FROM people").fetchall() == [(0,)]
+
+
+def test_track_embeddings_keep_the_counted_runs_and_every_number():
+    vectors = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    table = pa.table({"video_id": ["a", "a", "b"], "run_id": ["r1", "r2", "r1"], "track_id": pa.array([0, 0, 4], pa.int32()),
+                      "embedding": pa.array(list(vectors), pa.list_(pa.float32()))})
+    tracks = track_embeddings(pa.concat_tables([table.slice(0, 1), table.slice(1)]), {("a", "r2"), ("b", "r1")})
+    assert [(t.video_id, t.run_id, t.track_id) for t in tracks] == [("a", "r2", 0), ("b", "r1", 4)]
+    assert np.array_equal(np.stack([t.embedding for t in tracks]), vectors[1:])
+    assert track_embeddings(table.slice(0, 0), {("a", "r2")}) == []
