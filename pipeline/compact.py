@@ -26,6 +26,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -77,7 +78,7 @@ def compact(results_dir: str | storage.Location, min_files: int = COMPACT_AT,
     return done
 
 
-def compact_results(results_dir: str, keep_replaced_s: float = KEEP_REPLACED_S) -> Compaction:
+def compact_results(results_dir: str | Path, keep_replaced_s: float = KEEP_REPLACED_S) -> Compaction:
     """`fervid compact`: every table with a small file merged, under the results lock."""
     root = storage.locate(results_dir)
     if storage.stat(root).type != FileType.Directory or not query.table_files(root, "videos"):

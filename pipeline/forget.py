@@ -78,15 +78,17 @@ class _Forgetting:
         self.faces = 0
 
     def rewrite(self, store: ResultsStore, table: str, location: storage.Location) -> None:
-        if not query.is_part(location):
+        if query.is_part(location):  # its video_id column alone says whether it holds any of the videos
+            if not pc.any(pc.is_in(storage.read_table(location, columns=["video_id"])["video_id"],
+                                   pa.array(list(self.runs)))).as_py():
+                return
+            rows = storage.read_table(location)
+        else:
             video_id = location.path.split("/")[-2].removeprefix("video_id=")
             if self.runs.get(video_id) != location.name.removesuffix(".parquet"):
                 return
-        rows = storage.read_table(location)
-        if not query.is_part(location):
+            rows = storage.read_table(location)
             rows = rows.append_column("video_id", pa.array([video_id] * len(rows), pa.string()))
-        elif not pc.any(pc.is_in(rows["video_id"], pa.array(list(self.runs)))).as_py():
-            return
         kept = self._without_person(table, rows)
         if query.is_part(location):
             write_part(store.root, table, [location], kept)
