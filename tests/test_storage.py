@@ -159,7 +159,9 @@ def test_compacting_results_in_a_bucket_keeps_every_view(s3_run, endpoint, capsy
     answers = []
     for _ in range(2):
         assert main(["query", results, sql, "--format", "json"]) == 0
-        answers.append(capsys.readouterr().out)
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # floats rounded: a sum's
+        # last bits follow the order DuckDB's threads add in
+        answers.append([{k: round(v, 9) if isinstance(v, float) else v for k, v in row.items()} for row in rows])
         assert main(["compact", results, "--keep-replaced", "0"]) == 0
         assert "compacted:" in capsys.readouterr().out
     assert answers[0] == answers[1]
