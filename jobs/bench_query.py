@@ -59,7 +59,7 @@ def synthetic_tables(frames: int, labels: list[str], run_id: str,
         **{score_column(label): probs[:, i] for i, label in enumerate(labels)},
     })
     segment = {"segment_index": 0, "frames_index": index.tolist(), "frames_pts_s": pts.tolist(),
-               "frames_face_count": [1] * frames, "frames_small_faces": [0] * frames}
+               "frames_face_count": [1] * frames, "frames_small_faces": [0] * frames, "frames_det_size": [640] * frames}
     return faces_table(rows, labels, run_id, TrackingConfig(), QualityConfig()), frames_table([segment], run_id)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.config import Config, InputsConfig, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
+from pipeline.detect import AUTO, FULL_SIZE
 from pipeline.models import resolve_classifier, resolve_detector
 from pipeline.plan import decode_size, discover
 from pipeline.schema import OK
@@ -101,7 +102,8 @@ def reference_loop(paths: list[Path], config: Config) -> dict:
     spec = resolve_classifier(c.model, c.revision)
     start = time.perf_counter()
     detector = insightface.model_zoo.get_model(str(resolve_detector(d.model)), providers=["CPUExecutionProvider"])
-    detector.prepare(ctx_id=-1, input_size=(d.det_size, d.det_size), det_thresh=d.threshold)
+    size = FULL_SIZE if d.det_size == AUTO else d.det_size  # the loop detects at one size
+    detector.prepare(ctx_id=-1, input_size=(size, size), det_thresh=d.threshold)
     processor = AutoImageProcessor.from_pretrained(spec.source)
     model = AutoModelForImageClassification.from_pretrained(spec.source).eval()
     frames = faces = 0

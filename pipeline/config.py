@@ -42,7 +42,7 @@ class SamplingConfig:
 @dataclass
 class DetectorConfig:
     model: str = "buffalo_l"  # InsightFace pack name, or a path to an SCRFD .onnx
-    det_size: int = 640  # detector input side, a multiple of 32
+    det_size: int | str = "auto"  # detector input's longer side, a multiple of 32; auto: per frame, 160-640 by face size
     aspect_fit: bool = True  # det_size on the longer side, the frame's aspect on the other (else a square)
     threshold: float = 0.5
     min_face_px: int = 0  # faces whose shorter box side is below this are dropped
@@ -81,7 +81,7 @@ class ClassifierConfig:
     quantize: str | None = None  # int8: dynamic int8 feed-forward layers, for CPU-only boxes
     runtime: str = "auto"  # auto (onnxruntime for fp32 on the CPU, else torch), onnxruntime or torch
     device: str = "auto"  # auto, cpu or cuda
-    actors: int = 1  # 0: score inside the decode+detect actors (CPU-only boxes: no core split to guess)
+    actors: int | None = None  # null: 1 where the cluster has GPUs, else 0: score inside the decode+detect actors
     num_gpus: float | None = None  # per actor; None: 1 where the cluster has GPUs, else 0
     num_cpus: float = 1.0  # per actor
     threads: int = 0  # torch / ONNX Runtime threads per actor; 0 means num_cpus
@@ -294,12 +294,12 @@ def _check(config: Config) -> None:
         raise FervidError("sampling.segment_s must be positive")
     if s.decode_max_side is not None and s.decode_max_side < 32:
         raise FervidError("sampling.decode_max_side must be at least 32 (or null: frames as stored)")
-    if d.det_size <= 0 or d.det_size % 32:
-        raise FervidError("detector.det_size must be a positive multiple of 32")
+    if d.det_size != "auto" and (isinstance(d.det_size, str) or d.det_size <= 0 or d.det_size % 32):
+        raise FervidError("detector.det_size must be auto or a positive multiple of 32")
     if not 0 < d.threshold < 1:
         raise FervidError("detector.threshold must be between 0 and 1")
     for key, value in (("detector.min_face_px", d.min_face_px), ("detector.max_faces", d.max_faces),
-                       ("detector.actors", d.actors), ("classifier.actors", c.actors),
+                       ("detector.actors", d.actors), ("classifier.actors", c.actors or 0),
                        ("classifier.threads", c.threads)):
         if value < 0:
             raise FervidError(f"{key} must not be negative")

@@ -3,6 +3,10 @@
 By default the detector input fits the frame's aspect (640x384 for a 16:9 frame, det_size on the
 longer side) instead of letterboxing it into a det_size square, so the network does not spend 40%
 of its work on padding. SCRFD graphs exported with a fixed input size get a size-agnostic copy.
+
+With det_size auto (the default), a video's faces are found at the smallest input that keeps them
+large enough for SCRFD (SizeChooser): SCRFD's cost follows its input pixels, and interview faces a
+third of the frame high are found at 160-256 px as at 640.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ TURN_CHECK_PX = 96  # side of the patch around a face that upright_turn scores (
 REFINE_PX = 128  # side of the upright patch a tilted face's keypoints are found again in
 TURN_MARGIN = 0.05  # how much a turned patch must outscore the upright one to be chosen
 REFINE_ROLL_DEG = 20.0  # faces tilted more than this from a quarter turn get their keypoints found again upright
+AUTO, FULL_SIZE = "auto", 640  # det_size auto: full size is 640, the size SCRFD is trained and exported at
+AUTO_SIZES = (160, 192, 256, 320, 384, 480)  # what auto may choose below full size, smallest first
+# The smallest face's shorter side, in detector-input pixels, that auto keeps. On ../shared's clips and photos
+# every face of 24 px or more at a smaller input was found as at 640; at 48 px and up the keypoints lie a median
+# 2.1% of the face's side from 640's (jobs/bench_det_size.py). At 32 px a face tilted 25 degrees read 5 degrees
+# off (tests/test_quality.py).
+MIN_INPUT_FACE_PX = 48
+RECHECK_S = 1.0  # with auto, a frame at full size at least this often (seconds of video): new small faces are found
 
 
 @dataclass
@@ -112,7 +124,7 @@ def any_size_model(model_path: str | Path) -> Path | None:
 class FaceDetector:
     """SCRFD from an .onnx file; `detect` takes an RGB frame and returns its faces."""
 
-    def __init__(self, model_path: str, det_size: int = 640, threshold: float = 0.5, min_face_px: int = 0,
+    def __init__(self, model_path: str, det_size: int | str = AUTO, threshold: float = 0.5, min_face_px: int = 0,
                  max_faces: int = 0, threads: int = 1, device: str = "auto", aspect_fit: bool = True) -> None:
         import insightface
 
@@ -122,13 +134,15 @@ class FaceDetector:
         providers = onnx_providers(device)
         any_size = any_size_model(model_path) if aspect_fit else None
         self.aspect_fit = any_size is not None
+        # auto needs a graph that takes any input size; a fixed-size graph runs at its own size
+        self.auto = det_size == AUTO and self.aspect_fit
+        self.det_size: int = FULL_SIZE if det_size == AUTO else int(det_size)  # the full size
         self.model = insightface.model_zoo.get_model(str(any_size or model_path), providers=providers,
                                                      sess_options=options)
         # a negative ctx_id makes insightface fall back to the CPU provider
         on_gpu = providers[0] == "CUDAExecutionProvider"
-        self.model.prepare(ctx_id=0 if on_gpu else -1, input_size=(det_size, det_size), det_thresh=threshold)
+        self.model.prepare(ctx_id=0 if on_gpu else -1, input_size=(self.det_size, self.det_size), det_thresh=threshold)
         self.providers: list[str] = self.model.session.get_providers()  # what ONNX Runtime actually uses
-        self.det_size = det_size
         self.device = "cuda" if on_gpu else "cpu"
         self.min_face_px = min_face_px
         self.max_faces = max_faces
@@ -141,17 +155,19 @@ class FaceDetector:
         return cls(str(model_path), d.det_size, d.threshold, d.min_face_px, d.max_faces, d.threads, device,
                    d.aspect_fit)
 
-    def input_size(self, width: int, height: int) -> tuple[int, int]:
-        """The detector input a width x height frame is scaled and padded into."""
-        return fitted_input(width, height, self.det_size) if self.aspect_fit else (self.det_size, self.det_size)
+    def input_size(self, width: int, height: int, det_size: int | None = None) -> tuple[int, int]:
+        """The detector input a width x height frame is scaled and padded into (det_size: the full size)."""
+        size = det_size or self.det_size
+        return fitted_input(width, height, size) if self.aspect_fit else (size, size)
 
-    def detect(self, frame_rgb: np.ndarray, turn: int = 0) -> Detections:
-        """The frame's faces; with a turn (90, 180 or 270), found in the frame turned clockwise by it, and
-        mapped back onto the frame, so keypoints of a face lying on its side are placed as on an upright one."""
+    def detect(self, frame_rgb: np.ndarray, turn: int = 0, det_size: int | None = None) -> Detections:
+        """The frame's faces at det_size (None: the full size); with a turn (90, 180 or 270), found in the frame
+        turned clockwise by it, and mapped back onto the frame, so keypoints of a face lying on its side are
+        placed as on an upright one."""
         image = cv2.rotate(frame_rgb, QUARTER_TURNS[turn]) if turn else frame_rgb
         height, width = image.shape[:2]
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # what SCRFD expects; 50x faster than a numpy copy
-        boxes, keypoints = self.model.detect(bgr, input_size=self.input_size(width, height))
+        boxes, keypoints = self.model.detect(bgr, input_size=self.input_size(width, height, det_size))
         xyxy = boxes[:, :4].astype(np.float32)
         score = boxes[:, 4].astype(np.float32)
         landmarks = (keypoints if keypoints is not None else np.zeros((len(boxes), 5, 2))).astype(np.float32)
@@ -204,6 +220,47 @@ class FaceDetector:
             points = keypoints[np.argmin((centre ** 2).sum(axis=1))]  # the face in the middle of the patch
             mapped = o + s * (points[:, 0] + 1j * points[:, 1])
             found.landmarks[k] = np.stack([mapped.real, mapped.imag], axis=1)
+
+
+def auto_size(found: Detections, width: int, height: int, full: int = FULL_SIZE) -> int:
+    """The smallest detector size (longer side) at which every face found keeps MIN_INPUT_FACE_PX on its
+    shorter side; full where there is no face to go by, or a face needs it."""
+    sides = np.minimum(found.xyxy[:, 2] - found.xyxy[:, 0], found.xyxy[:, 3] - found.xyxy[:, 1])
+    if not len(sides):
+        return full
+    smallest = float(sides.min()) / max(width, height)  # as a share of the longer side
+    return next((size for size in AUTO_SIZES if size < full and smallest * size >= MIN_INPUT_FACE_PX), full)
+
+
+class SizeChooser:
+    """The detector size for each frame of one segment, in order; det_size auto, else always the full size.
+
+    With auto, a frame at full size (the segment's first, and one at least every RECHECK_S) sets the size for
+    the frames after it: the smallest at which its smallest face keeps MIN_INPUT_FACE_PX. A frame at that size
+    is found again at full size, and sets the size anew, when it shows fewer faces than the last full-size
+    frame or a face below MIN_INPUT_FACE_PX. So a face that turns small or is lost is looked for at full size
+    at once; a new small face appears at the next full-size frame, at most RECHECK_S later.
+    """
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector = detector
+        self.size = detector.det_size  # the size chosen for the next frames
+        self.checked_s = -math.inf  # when the last full-size frame was
+        self.expected = 0  # faces the last full-size frame showed
+
+    def detect(self, frame_rgb: np.ndarray, pts_s: float, turn: int = 0) -> tuple[Detections, int]:
+        """The frame's faces, and the size they were found at."""
+        d = self.detector
+        height, width = frame_rgb.shape[:2]
+        if d.auto and self.size < d.det_size and pts_s - self.checked_s < RECHECK_S:
+            found = d.detect(frame_rgb, turn, self.size)
+            if len(found) + found.too_small >= self.expected and auto_size(found, width, height, d.det_size) <= self.size:
+                return found, self.size
+        found = d.detect(frame_rgb, turn)
+        if d.auto:
+            self.size, self.checked_s = auto_size(found, width, height, d.det_size), pts_s
+            self.expected = len(found) + found.too_small
+        return found, d.det_size
 
 
 def turn_boxes(xyxy: np.ndarray, landmarks: np.ndarray, turn: int, width: int, height: int

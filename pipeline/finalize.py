@@ -31,6 +31,7 @@ class FinishedVideo:
     error: str | None = None  # why the video failed
     note: str | None = None  # what an ok video lost on the way (undecodable frames)
     small_faces: int = 0  # faces under detector.min_face_px, counted but not classified
+    det_size: int | None = None  # the detector size most of its frames were found at
 
 
 def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: TrackingConfig,
@@ -52,8 +53,10 @@ def finalize(video: CompletedVideo, labels: list[str], run_id: str, tracking: Tr
     tracks = None
     if identity is not None and identity.enabled:
         tracks = track_table(faces["track_id"].fill_null(NO_TRACK).to_numpy(), embeddings(rows), run_id)
+    sizes, counts = np.unique(frames["det_size"].to_numpy(), return_counts=True)
     return FinishedVideo(video.video_id, faces, frames, tracks, note=note,
-                         small_faces=int(np.sum(frames["small_faces"].to_numpy())))
+                         small_faces=int(np.sum(frames["small_faces"].to_numpy())),
+                         det_size=int(sizes[counts.argmax()]))
 
 
 def faces_table(rows: pa.Table, labels: list[str], run_id: str, tracking: TrackingConfig,
@@ -117,5 +120,6 @@ def frames_table(segments: list[dict], run_id: str) -> pa.Table:
         "pts_s": pa.array(joined("frames_pts_s"), pa.float64()),
         "face_count": pa.array(joined("frames_face_count"), pa.int16()),
         "small_faces": pa.array(joined("frames_small_faces"), pa.int16()),
+        "det_size": pa.array(joined("frames_det_size"), pa.int16()),
         "run_id": pa.array([run_id] * len(index), pa.string()),
     }, schema=FRAMES_SCHEMA)

@@ -41,7 +41,8 @@ OPTIONAL_TABLES = {"people": schema.PEOPLE_SCHEMA, "meta": pa.schema([("video_id
 DICTIONARY_COLUMNS = ("run_id", "emotion")
 # Columns newer than some results folders: files without them read as NULL, so the views work over old runs too
 ADDED_COLUMNS = {"faces": pa.schema([*schema.FACE_QUALITY, ("usable", pa.bool_())]),
-                 "videos": pa.schema([("folder", pa.string())])}
+                 "frames": pa.schema([("det_size", pa.int16())]),
+                 "videos": pa.schema([("folder", pa.string()), ("det_size", pa.int16())])}
 UNLIMITED_WIDTH = 1 << 20  # characters: a table this wide shows every column
 
 

@@ -264,7 +264,7 @@ class Runner:
             self._record(completed.video_id, video.file, FAILED, finished.error, video.info, started_at=video.started_at)
             return
         self._record(completed.video_id, video.file, OK, finished.note, video.info, sampled=len(finished.frames),
-                     faces=len(finished.faces), started_at=video.started_at)
+                     faces=len(finished.faces), started_at=video.started_at, det_size=finished.det_size)
         self.summary.small_faces += finished.small_faces
         for segment in completed.segments.values():
             self.frames_by_node[segment[EXTRACT_NODE]] += len(segment["frames_index"])
@@ -277,7 +277,7 @@ class Runner:
             compact(self.store.root)
 
     def _record(self, video_id: str, file: VideoFile, status: str, error: str | None, info: VideoInfo | None = None,
-                sampled: int = 0, faces: int = 0, started_at: datetime | None = None) -> None:
+                sampled: int = 0, faces: int = 0, started_at: datetime | None = None, det_size: int | None = None) -> None:
         now = _now()
         m, d, c = self.models, self.config.detector, self.config.classifier
         record = {"video_id": video_id, "path": str(file.path), "folder": file.folder, "size_bytes": file.size_bytes,
@@ -285,7 +285,7 @@ class Runner:
                   "error": error, "sampled_frames": sampled, "faces": faces, "started_at": started_at or now,
                   "finished_at": now, "config_fingerprint": m.fingerprint, "detector": d.model,
                   "detector_revision": m.detector_revision, "classifier": c.model,
-                  "classifier_revision": m.spec.revision, "run_id": self.run_id}
+                  "classifier_revision": m.spec.revision, "run_id": self.run_id, "det_size": det_size}
         if info is not None:
             record.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
                           rotation=info.rotation, frame_count=info.frame_count, decoder=info.decoder)

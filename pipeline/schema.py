@@ -100,6 +100,7 @@ EXTRACT_SCHEMA = pa.schema([
     ("frames_pts_s", pa.list_(pa.float64())),
     ("frames_face_count", pa.list_(pa.int16())),
     ("frames_small_faces", pa.list_(pa.int16())),  # faces under detector.min_face_px, not classified
+    ("frames_det_size", pa.list_(pa.int16())),  # the detector input's longer side each frame's faces came from
     ("face_rows", pa.int32()),  # FACE rows this segment sent
     ("frames_lost", pa.int32()),  # sampled frames that could not be decoded
     ("error", pa.string()),
@@ -135,6 +136,7 @@ def faces_schema(labels: list[str]) -> pa.Schema:
 FRAMES_SCHEMA = pa.schema([
     ("frame_index", pa.int32()), ("pts_s", pa.float64()), ("face_count", pa.int16()),
     ("small_faces", pa.int16()),  # found but under detector.min_face_px: not in `faces`
+    ("det_size", pa.int16()),  # the detector input's longer side its faces were found at (detector.det_size)
     ("run_id", pa.string()),
 ])
 
@@ -148,6 +150,7 @@ VIDEOS_SCHEMA = pa.schema([
     ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("run_id", pa.string()),
     ("folder", pa.string()),  # its folder relative to the VIDEOS argument ('.': that folder): the default group
+    ("det_size", pa.int16()),  # the detector size most of its frames were found at (detector.det_size auto chooses)
 ])
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"  # videos.status
 

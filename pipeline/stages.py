@@ -19,7 +19,7 @@ from pipeline import crop as crops
 from pipeline.classify import EmotionClassifier, Placement
 from pipeline.config import ClassifierConfig, CropConfig, DetectorConfig, IdentityConfig
 from pipeline.decode import read_frames
-from pipeline.detect import Detections, FaceDetector
+from pipeline.detect import Detections, FaceDetector, SizeChooser
 from pipeline.imagefolder import load_image
 from pipeline.models import ClassifierSpec
 from pipeline.schema import EXTRACT_SCHEMA, FACE, SEGMENT, Segment, score_columns
@@ -67,17 +67,20 @@ class DecodeDetectCrop:
         decoded: list[int] = []
         counts: list[int] = []
         small: list[int] = []
+        det_sizes: list[int] = []
         path = local_file(segment.path, segment.video_id)  # a remote video: this node's cached copy
         frames = read_frames(path, segment.decoder, segment.frame_index, segment.rotation, segment.decode_size,
                              segment.pts_s)
         turn = None  # settled on the first frame with faces
+        sizes = SizeChooser(self.detector)
         to_embed: list[tuple[dict, np.ndarray]] = []  # face rows and their aligned recognition crops
         embedded_at = None  # the identity.fps time slot of the last frame whose faces were embedded
         for index, frame in frames:
-            found = self.detector.detect(frame, turn or 0)
+            found, size = sizes.detect(frame, pts_of[index], turn or 0)
             if turn is None and len(found):
                 turn = self.detector.upright_turn(frame, found)
-                found = self.detector.detect(frame, turn) if turn else found
+                if turn:
+                    found, size = sizes.detect(frame, pts_of[index], turn)
             self.detector.upright_keypoints(frame, found)
             rows = self.face_rows(segment, index, pts_of[index], frame, found)
             faces.extend(rows)
@@ -89,14 +92,15 @@ class DecodeDetectCrop:
             decoded.append(index)
             counts.append(len(found))
             small.append(found.too_small)
+            det_sizes.append(size)
         if to_embed:
             vectors = self.embedder.embed(np.stack([c for _, c in to_embed]))
             for (row, _), vector in zip(to_embed, vectors):
                 row["embedding"] = vector.tolist()
         closing = {"kind": SEGMENT, "video_id": segment.video_id, "segment_index": segment.segment_index,
                    "frames_index": decoded, "frames_pts_s": [pts_of[i] for i in decoded],
-                   "frames_face_count": counts, "frames_small_faces": small, "face_rows": len(faces),
-                   "frames_lost": len(segment.frame_index) - len(decoded)}
+                   "frames_face_count": counts, "frames_small_faces": small, "frames_det_size": det_sizes,
+                   "face_rows": len(faces), "frames_lost": len(segment.frame_index) - len(decoded)}
         return faces + [closing]
 
     def face_rows(self, segment: Segment, index: int, pts_s: float, frame: np.ndarray, found: Detections) -> list[dict]:

@@ -28,7 +28,8 @@ def closing(video_id: str, segment: int, frames: list[int], faces: int, lost: in
             error: str | None = None) -> dict:
     return {"kind": SEGMENT, "video_id": video_id, "segment_index": segment, "frames_index": frames,
             "frames_pts_s": [f / 5 for f in frames], "frames_face_count": [1] * len(frames),
-            "frames_small_faces": [0] * len(frames), "face_rows": faces, "frames_lost": lost, "error": error}
+            "frames_small_faces": [0] * len(frames), "frames_det_size": [640] * len(frames), "face_rows": faces,
+            "frames_lost": lost, "error": error}
 
 
 def batch(*rows: dict) -> pa.Table:

@@ -1,15 +1,27 @@
-"""The SCRFD detector without Ray: the aspect-fitted input against insightface's square letterbox."""
+"""The SCRFD detector without Ray: the aspect-fitted input against insightface's square letterbox, and
+det_size auto against full size."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import decord
 import numpy as np
 import onnxruntime
 import pytest
 
-from pipeline.detect import FaceDetector, any_size_model, fitted_input
+from pipeline.detect import (
+    FULL_SIZE,
+    MIN_INPUT_FACE_PX,
+    RECHECK_S,
+    Detections,
+    FaceDetector,
+    SizeChooser,
+    any_size_model,
+    auto_size,
+    fitted_input,
+)
 from tests.media import read_photo
 
 SCRFD = "models/scrfd_500m_bnkps.onnx"
@@ -60,3 +72,75 @@ def test_aspect_fit_finds_the_faces_the_square_input_finds(shared):
     for name, count in PHOTOS.items():
         photo = read_photo(shared / "images" / "faces" / name)
         assert len(fitted.detect(photo)) == len(square.detect(photo)) == count, name
+
+
+def boxes(*sides: float) -> Detections:
+    """Square faces of the given sides in a frame."""
+    xyxy = np.array([[10, 10, 10 + side, 10 + side] for side in sides], np.float32).reshape(-1, 4)
+    return Detections(xyxy, np.ones(len(sides), np.float32), np.zeros((len(sides), 5, 2), np.float32))
+
+
+@pytest.mark.parametrize("sides, width, expected", [
+    ((120,), 640, 256),  # 120 px of 640: 48 px at 256, 36 at 192
+    ((120, 300), 640, 256),  # the smallest face decides
+    ((200,), 640, 160),  # the smallest size auto takes
+    ((40,), 640, FULL_SIZE), ((64,), 640, 480), ((64,), 1920, FULL_SIZE),  # small faces keep 640
+    ((), 640, FULL_SIZE),  # nothing to go by
+])
+def test_auto_size_keeps_the_smallest_face_at_min_input_face_px(sides, width, expected):
+    size = auto_size(boxes(*sides), width, width * 9 // 16)
+    assert size == expected
+    if sides and size < FULL_SIZE:
+        assert min(sides) * size / width >= MIN_INPUT_FACE_PX
+
+
+@pytest.fixture(scope="module")
+def clip(shared) -> tuple[list[np.ndarray], list[float]]:
+    """WolfgangLanger_Pexels.mp4 at 5 frames per second: one woman, her face a third of the frame high."""
+    reader = decord.VideoReader(str(shared / "videos" / "WolfgangLanger_Pexels.mp4"))
+    indices = list(range(0, len(reader), 5))
+    pts = reader.get_frame_timestamp(indices)[:, 0].tolist()
+    return list(reader.get_batch(indices).asnumpy()), pts
+
+
+def test_auto_finds_the_faces_full_size_finds_at_a_fraction_of_the_pixels(shared, clip):
+    frames, pts = clip
+    detector = FaceDetector(str(shared / SCRFD))
+    chooser = SizeChooser(detector)
+    sizes = []
+    for frame, pts_s in zip(frames, pts):
+        found, size = chooser.detect(frame, pts_s)
+        full = detector.detect(frame)
+        assert len(found) == len(full) == 1
+        assert np.abs(found.xyxy - full.xyxy).max() < 0.1 * (full.xyxy[0, 2] - full.xyxy[0, 0])
+        sizes.append(size)
+    assert sizes[0] == FULL_SIZE  # a segment starts at full size
+    full_frames = [p for p, size in zip(pts, sizes) if size == FULL_SIZE]
+    assert max(np.diff(full_frames)) <= RECHECK_S + 0.25  # checked at full size at least every RECHECK_S
+    assert sum(size < FULL_SIZE for size in sizes) > len(sizes) / 2 and min(sizes) <= 256
+
+
+def test_auto_keeps_small_faces_at_full_size(shared, clip):
+    """The same woman a quarter as large on a 1080p frame: every frame at 640, so none of her is lost."""
+    frames, pts = clip
+    detector = FaceDetector(str(shared / SCRFD))
+    chooser = SizeChooser(detector)
+    for frame, pts_s in zip(frames[:20], pts):
+        canvas = np.full((1080, 1920, 3), 90, np.uint8)
+        small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        canvas[600:600 + small.shape[0], 300:300 + small.shape[1]] = small
+        found, size = chooser.detect(canvas, pts_s)
+        assert size == FULL_SIZE and len(found) == len(detector.detect(canvas))
+
+
+def test_auto_looks_at_full_size_at_once_when_a_face_is_lost(shared, clip):
+    """A frame with fewer faces than the last full-size one is found again at full size."""
+    frames, pts = clip
+    detector = FaceDetector(str(shared / SCRFD))
+    chooser = SizeChooser(detector)
+    assert chooser.detect(frames[0], 0.0)[1] == FULL_SIZE and chooser.size < FULL_SIZE
+    blank = np.full_like(frames[1], 90)
+    found, size = chooser.detect(blank, 0.2)
+    assert len(found) == 0 and size == FULL_SIZE and chooser.size == FULL_SIZE
+    fixed = SizeChooser(FaceDetector(str(shared / SCRFD), det_size=320))
+    assert {fixed.detect(frame, p)[1] for frame, p in zip(frames[:5], pts)} == {320}

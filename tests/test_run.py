@@ -70,6 +70,17 @@ def test_long_video_has_a_face_in_nearly_every_frame_and_cartoon_none(analysed):
     assert video_rows(analysed, "faces", "no_face.mp4").empty
 
 
+def test_det_size_auto_finds_a_large_face_at_a_small_size_and_records_it(analysed):
+    """Her face is a third of the frame high: most frames are detected at 256 px or less, a frame a second at
+    640; without a face to go by, every frame of the cartoon is at 640."""
+    frames = video_rows(analysed, "frames", "WolfgangLanger_Pexels.mp4")
+    assert (frames.det_size <= 256).mean() > 0.6 and (frames.det_size == 640).any()
+    assert (video_rows(analysed, "frames", "no_face.mp4").det_size == 640).all()
+    videos = records(analysed).to_pandas().set_index("path")
+    chosen = {Path(path).name: size for path, size in videos.det_size.items()}
+    assert chosen["WolfgangLanger_Pexels.mp4"] <= 256 and chosen["no_face.mp4"] == 640
+
+
 def test_timestamps_increase_and_sampling_follows_fps(analysed, test_config):
     fps = test_config.sampling.fps
     for video in records(analysed).to_pylist():
@@ -199,14 +210,16 @@ def test_a_file_decord_cannot_open_falls_back_to_pyav(mixed_run):
     assert 40 <= len(frames) <= 50 and (frames.face_count >= 1).mean() > 0.9
 
 
-def test_scoring_inside_the_decode_detect_actors_gives_the_same_rows(analysed, shared, test_config, tmp_path):
-    """classifier.actors 0 (CPU boxes): one actor pool does every stage; the rows are those of two pools."""
+def test_a_classifier_pool_of_its_own_gives_the_rows_of_scoring_inside_the_decode_detect_actors(
+        analysed, shared, test_config, tmp_path):
+    """Without a GPU the default scores inside the decode+detect actors (one pool does every stage);
+    classifier.actors 1, the GPU layout, gives the same rows from two pools."""
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in ("WolfgangLanger_Pexels.mp4", "no_face.mp4"):
         shutil.copy(shared / "videos" / name, videos)
-    fused = replace(test_config, classifier=replace(test_config.classifier, actors=0))
-    summary = Runner(videos, tmp_path / "results", fused, show_progress=False).run()
+    two_pools = replace(test_config, classifier=replace(test_config.classifier, actors=1))
+    summary = Runner(videos, tmp_path / "results", two_pools, show_progress=False).run()
     assert summary.counts == {"ok": 2, "failed": 0, "skipped": 0}
     assert_same_rows(tmp_path / "results", analysed, videos=2)
     run = json.loads(next((tmp_path / "results" / "runs").glob("*.json")).read_text())

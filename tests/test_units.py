@@ -31,6 +31,7 @@ def test_default_yaml_matches_built_in_defaults():
     ("sampling: {fsp: 5}", "unknown config key 'sampling.fsp'"),
     ("detector: {threshold: high}", "detector.threshold"),
     ("detector: {det_size: 650}", "multiple of 32"),
+    ("detector: {det_size: small}", "auto or a positive multiple of 32"),
     ("sampling: {fps: 5, every_n_frames: 3}", "both set in the config file"),
         ("sampling: {fps: null}", "exactly one of"),
     ("classifier: {dtype: int4}", "classifier.dtype"),
@@ -285,8 +286,9 @@ def test_scaled_decoding_keeps_boxes_in_source_pixels(shared, tmp_path):
 
     frames = [f for _, f in read_frames(str(shared / "videos" / "single_face.mp4"), "decord", range(0, 72, 6))]
     path = str(write_video(tmp_path / "hd.mp4", (cv2.resize(f, (1280, 720)) for f in frames), fps=5))
-    stage = DecodeDetectCrop(DetectorConfig(), str(shared / "models" / "scrfd_500m_bnkps.onnx"), CropConfig(),
-                             crop_size=48)
+    # one detector size for both: what is compared is the scaling back to source pixels
+    stage = DecodeDetectCrop(DetectorConfig(det_size=640), str(shared / "models" / "scrfd_500m_bnkps.onnx"),
+                             CropConfig(), crop_size=48)
     boxes = {}
     for max_side in (None, 640):
         segment = plan_segments("v", path, probe(path), SamplingConfig(segment_s=100.0, decode_max_side=max_side))[0]
