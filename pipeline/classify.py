@@ -42,18 +42,24 @@ class Placement:
     runtime: str  # onnxruntime or torch
     threads: int  # intra-op threads of torch or ONNX Runtime
     num_gpus: float  # what each actor asks the executor for
+    actors: int  # classifier actors; 0: faces are scored inside the decode+detect actors
 
 
 def place_classifier(c: ClassifierConfig, cluster_gpus: float = 0.0, fused_threads: int = 1) -> Placement:
     """The classifier's placement on a cluster with cluster_gpus GPUs; FervidError where settings contradict.
 
-    auto settings: a GPU per actor where the cluster has GPUs (not for int8, ONNX Runtime or scoring inside
-    the decode+detect actors, which run on the CPU); bf16 on a GPU, fp32 on the CPU; ONNX Runtime where it
+    auto settings: actors of its own where the cluster has GPUs or the settings ask for a GPU or resources,
+    else scoring inside the decode+detect actors (each CPU core runs whole segments: no split of cores to
+    guess); a GPU per actor where the cluster has GPUs (not for int8, ONNX Runtime or scoring inside the
+    decode+detect actors, which run on the CPU); bf16 on a GPU, fp32 on the CPU; ONNX Runtime where it
     computes what torch would (fp32 on the CPU), torch for the rest. Threads: classifier.threads, else the
     actor's CPUs (inside the decode+detect actors: fused_threads, the detector's).
     """
-    fused = c.actors == 0
-    if fused and (c.device == "cuda" or (c.num_gpus or 0) > 0 or c.resources):
+    wants_gpu = c.device == "cuda" or (c.num_gpus or 0) > 0 or bool(c.resources)
+    actors = c.actors if c.actors is not None else int(wants_gpu or (cluster_gpus > 0 and c.quantize is None
+                                                                     and c.runtime != "onnxruntime"))
+    fused = actors == 0
+    if fused and wants_gpu:
         raise FervidError("classifier.actors: 0 scores faces inside the decode+detect actors, on their CPUs: "
                           "it takes no classifier.device cuda, num_gpus or resources")
     cpu_only = fused or c.quantize is not None or c.runtime == "onnxruntime"
@@ -69,7 +75,7 @@ def place_classifier(c: ClassifierConfig, cluster_gpus: float = 0.0, fused_threa
         raise FervidError("classifier.quantize: int8 runs on the CPU only: set classifier.device: cpu and "
                           "classifier.num_gpus: 0, or quantize: null")
     threads = c.threads or (fused_threads if fused else max(1, int(c.num_cpus)))
-    return Placement(device, dtype, runtime, threads, num_gpus)
+    return Placement(device, dtype, runtime, threads, num_gpus, actors)
 
 
 def pixel_normalisation(processor: BaseImageProcessor, device: str) -> tuple[torch.Tensor, torch.Tensor]:

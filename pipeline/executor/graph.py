@@ -2,7 +2,7 @@
 
     fervid run:  from_items(segments) -> map_batches(DecodeDetectCrop, CPU actors)
                                       -> map_batches(Classify, GPU/CPU actors) -> driver
-                 (classifier.actors 0: from_items(segments) -> map_batches(DecodeDetectClassify) -> driver)
+                 (no GPU, or classifier.actors 0: from_items(segments) -> map_batches(DecodeDetectClassify) -> driver)
     fervid eval: from_items(images)   -> map_batches(read_image_crops, CPU tasks)
                                       -> map_batches(Classify, GPU/CPU actors) -> driver
 """
@@ -86,16 +86,16 @@ def stream_scores(segments: list[Segment], config: Config, detector_path: str | 
 
     d, c = config.detector, config.classifier
     resources = ray.cluster_resources()
+    placement = place_classifier(c, resources.get("GPU", 0), fused_threads=d.threads)
     # Decode+detect actors share what the classifier leaves, fractionally if need be, so that
     # every actor fits and a light classifier (num_cpus < 1) doesn't idle a whole core.
-    cpus_left = max(resources.get("CPU", 1) - c.actors * c.num_cpus, 0.5)
+    cpus_left = max(resources.get("CPU", 1) - placement.actors * c.num_cpus, 0.5)
     extract_actors = d.actors or max(1, round(cpus_left))
     extract_cpus = min(float(d.threads), cpus_left / extract_actors)
     extract = {"detector": d, "detector_path": str(detector_path), "crop": config.crop, "crop_size": spec.input_size,
                "identity": config.identity, "recognizer_path": recognizer_path and str(recognizer_path)}
     stage, scored = DecodeDetectCropOnNode, False
-    if c.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
-        placement = place_classifier(c, resources.get("GPU", 0), fused_threads=d.threads)
+    if placement.actors == 0:  # the classifier runs inside the decode+detect actors, on their CPU share
         extract.update(classifier=c, spec=spec, placement=placement)
         stage, scored = DecodeDetectClassifyOnNode, True
     ds = ray.data.from_items([s.to_row() for s in segments], override_num_blocks=max(1, len(segments)))
@@ -133,5 +133,5 @@ def _classify(ds: ray.data.Dataset, c: ClassifierConfig, spec: ClassifierSpec) -
     placement = place_classifier(c, ray.cluster_resources().get("GPU", 0))
     return ds.map_batches(
         ClassifyOnNode, fn_constructor_kwargs={"classifier": c, "spec": spec, "placement": placement},
-        batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=max(c.actors, 1)),
+        batch_size=c.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=max(placement.actors, 1)),
         num_cpus=c.num_cpus, num_gpus=placement.num_gpus, resources=c.resources or None)
