@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
 TEMPERATURE_FILE = "temperature.json"  # beside a local model's weights: fervid run applies it
@@ -49,6 +48,8 @@ def ece(truth: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
 
 def fit_temperature(truth: np.ndarray, probs: np.ndarray) -> float:
     """The temperature that minimises the negative log-likelihood of the labels (searched over 0.05 to 20)."""
+    from scipy.optimize import minimize_scalar  # here, not at the top: every classifier actor imports this module
+
     result = minimize_scalar(lambda log_t: nll(truth, with_temperature(probs, float(np.exp(log_t)))),
                              bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
