@@ -175,7 +175,8 @@ def run_check(sizes: Sizes, detector_model: Path, source_video: Path) -> dict:
         elif detector["provider"] != "CUDAExecutionProvider":  # onnxruntime without CUDA: detect on the CPUs
             overrides += ["detector.device=cpu", "detector.num_gpus=0"]
         config = load_config(sizes.config, overrides)
-        config.detector.actors = min(config.detector.actors, max(1, (os.cpu_count() or 1) - (config.classifier.actors or 0)))
+        cpus_left = (os.cpu_count() or 1) - (config.classifier.actors or 0)
+        config.detector.actors = min(config.detector.actors, max(1, cpus_left))
         with Sampler(gpu_utilisation, every_s=0.2) as gpu:
             e2e = end_to_end([video], config, Path(tmp) / "results")
         e2e.update(video_s=sizes.video_s, gpu=_busy(gpu.samples), detector_actors=config.detector.actors,

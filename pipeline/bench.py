@@ -1,13 +1,15 @@
 """`fervid bench` / `python -m jobs.bench`: how fast fervid is, against the loop a user would write.
 
 In one process run, on the same videos and models:
-- each stage alone, one worker, in this process: decode (sampled frames/s), detect (frames/s),
+- each stage alone, one worker, in this process: decode (sampled frames/s), detect (frames/s, at the sizes
+  detector.det_size gives),
   classify (faces/s, batched as configured);
 - the plain sequential loop, written with the libraries alone: open each video, read each sampled
   frame, detect, crop, classify one face at a time (library default threads, torch on one thread);
-- fervid end to end on a local Ray (measured first, Ray's own start-up reported apart; Ray is
-  stopped before the rest): throughput, time to first result, peak memory of the driver and of
-  the Ray workers, object-store spill.
+- fervid end to end, as `fervid run` runs it: Runner starts a local Ray of its own, so Ray's start is on the
+  clock (measured first; Ray is stopped before the rest): throughput, where the start's seconds go (Ray up,
+  videos probed, first scored rows, first committed video), an actor's imports and constructor alone in a
+  fresh process, peak memory of the driver and of the Ray workers, object-store spill.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from pipeline.config import Config, InputsConfig, load_config
 from pipeline.crop import square_crops
 from pipeline.decode import probe, read_frames, sample_indices
-from pipeline.detect import AUTO, FULL_SIZE
+from pipeline.detect import AUTO, FULL_SIZE, FaceDetector, SizeChooser
 from pipeline.models import resolve_classifier, resolve_detector
 from pipeline.plan import decode_size, discover
 from pipeline.schema import OK
@@ -54,7 +56,6 @@ def make_workload(source: Path, repeat: int, folder: Path) -> list[Path]:
 def measure_stages(paths: list[Path], config: Config) -> dict:
     """Each stage alone, one worker with the configured threads, on every sampled frame of the workload."""
     from pipeline.classify import EmotionClassifier
-    from pipeline.detect import FaceDetector
 
     d, c = config.detector, config.classifier
     spec = resolve_classifier(c.model, c.revision)
@@ -67,6 +68,8 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
         indices = sample_indices(info.pts_s, config.sampling.fps, config.sampling.every_n_frames)
         size = decode_size(info.width, info.height, config.sampling.decode_max_side)
         reader = read_frames(str(path), info.decoder, indices, info.rotation, size, info.pts_s[indices].tolist())
+        pts_of = dict(zip(indices.tolist(), info.pts_s[indices].tolist()))
+        sizes = SizeChooser(detector)  # det_size auto chooses along the video, as along a segment
         while True:
             start = time.perf_counter()
             item = next(reader, None)
@@ -74,7 +77,7 @@ def measure_stages(paths: list[Path], config: Config) -> dict:
             if item is None:
                 break
             start = time.perf_counter()
-            found = detector.detect(item[1])
+            found, _ = sizes.detect(item[1], pts_of[item[0]])
             detect_s += time.perf_counter() - start
             crops.append(square_crops(item[1], found.xyxy, config.crop.margin, spec.input_size))
             frames += 1
@@ -149,29 +152,77 @@ class Sampler:
 
 
 def end_to_end(paths: list[Path], config: Config, out: Path) -> dict:
+    """fervid on the workload as `fervid run` runs it, Ray's start included (a Ray of its own, unless one is
+    up already: the GPU check's)."""
     from pipeline.executor import connect
     from pipeline.runner import Runner
 
-    start = time.perf_counter()
-    connect.connect(None)
-    ray_start_s = time.perf_counter() - start
     folder = paths[0].parent
-    with Sampler(connect.worker_memory(_rss, _children)) as workers, Sampler(lambda: _rss(os.getpid())) as driver:
+    with Sampler(_ray_workers_rss()) as workers, Sampler(lambda: _rss(os.getpid())) as driver:
         summary = Runner(folder, out, config, force=True, show_progress=False).run()
     spilled = connect.spilled_mib()
     connect.shutdown()
     return {
         "videos_ok": summary.counts[OK], "frames": summary.frames, "faces": summary.faces,
         "wall_s": summary.wall_s, "frames_per_s": summary.frames / summary.wall_s,
-        "faces_per_s": summary.faces / summary.wall_s, "first_result_s": summary.first_result_s,
+        "faces_per_s": summary.faces / summary.wall_s, "ray_up_s": summary.ray_up_s, "probed_s": summary.probed_s,
+        "first_result_s": summary.first_result_s, "first_commit_s": summary.first_commit_s,
         "first_result_frames": summary.first_result_frames,
         # the pipeline's rate once its actors are up: the frames after the first result over the time after it
         "running_frames_per_s": (summary.frames - summary.first_result_frames)
         / max(summary.wall_s - summary.first_result_s, 1e-9),
-        "ray_start_s": ray_start_s, "driver_peak_rss_mib": max(driver.samples, default=0) / 2**20,
+        "driver_peak_rss_mib": max(driver.samples, default=0) / 2**20,
         "workers_peak_rss_mib": max(workers.samples, default=0) / 2**20,
         "spilled_mib": spilled,
     }
+
+
+def _ray_workers_rss() -> Callable[[], int | None]:
+    """A reading of the Ray workers' summed memory: None until the Runner has started Ray."""
+    import ray
+
+    from pipeline.executor import connect
+
+    read = None
+
+    def reading() -> int | None:
+        nonlocal read
+        if not ray.is_initialized():
+            return None
+        read = read or connect.worker_memory(_rss, _children)
+        return read()
+    return reading
+
+
+ACTOR_START = """
+import sys, time
+start = time.perf_counter()
+from pipeline.config import load_config
+from pipeline.models import resolve_classifier, resolve_detector, resolve_recognizer
+from pipeline.classify import place_classifier
+from pipeline.stages import DecodeDetectClassify
+imported = time.perf_counter()
+config = load_config(sys.argv[1])
+d, c, i = config.detector, config.classifier, config.identity
+spec = resolve_classifier(c.model, c.revision)
+DecodeDetectClassify(d, resolve_detector(d.model), config.crop, spec.input_size, c, spec,
+                     place_classifier(c, 0, fused_threads=d.threads), i, resolve_recognizer(i.model, d.model))
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def actor_start(config: Config, folder: Path) -> dict:
+    """What a CPU actor's start costs alone, in a fresh process: its imports (without Ray Data's), and its
+    constructor (the detector, classifier and recognizer sessions)."""
+    import subprocess
+
+    import yaml
+
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    out = subprocess.run([sys.executable, "-c", ACTOR_START, str(path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    return {"imports_s": float(out[-2]), "constructor_s": float(out[-1])}
 
 
 def machine() -> dict:
@@ -194,6 +245,7 @@ def run_bench(videos: Path, config: Config, repeat: int, results: Path | None = 
         paths = make_workload(videos, repeat, folder)
         # fervid first, so the driver's memory is its own; then Ray stops, so the loop has the cores to itself
         fervid = end_to_end(paths, config, results or Path(tmp) / "results")
+        fervid["actor_start"] = actor_start(config, Path(tmp))
         stages = measure_stages(paths, config)
         reference = reference_loop(paths, config)
     slowest = min(stages["decode_frames_per_s"] * stages["detect_frames_per_s"] /
@@ -220,10 +272,15 @@ def print_table(result: dict) -> None:
         ("classify alone (1 worker)", f"{s['classify_faces_per_s']:.1f} faces/s"),
         ("slowest stage (1 worker)", f"{result['slowest_stage_one_worker_frames_per_s']:.1f} frames/s"),
         ("sequential loop", f"{r['frames_per_s']:.1f} frames/s ({r['wall_s']:.1f} s)"),
-        ("fervid end to end", f"{f['frames_per_s']:.1f} frames/s, {f['faces_per_s']:.1f} faces/s ({f['wall_s']:.1f} s)"),
+        ("fervid end to end", f"{f['frames_per_s']:.1f} frames/s, {f['faces_per_s']:.1f} faces/s ({f['wall_s']:.1f} s, "
+                              "Ray's start included)"),
         ("fervid / sequential loop", f"{result['speedup_vs_reference']:.2f}x"),
         ("fervid once running", f"{f['running_frames_per_s']:.1f} frames/s (after the first result)"),
-        ("time to first result", f"{f['first_result_s']:.1f} s (Ray start-up before it: {f['ray_start_s']:.1f} s)"),
+        ("start (s into the run)", f"Ray up {f['ray_up_s']:.1f}, videos probed {f['probed_s']:.1f}, first scored "
+                                   f"rows {f['first_result_s']:.1f}, first video committed {f['first_commit_s']:.1f}"),
+        ("first video committed", f"{f['first_commit_s'] - f['ray_up_s']:.1f} s after Ray was up"),
+        ("an actor's start alone", f"imports {f['actor_start']['imports_s']:.1f} s, constructor "
+                                   f"{f['actor_start']['constructor_s']:.1f} s (a fresh process, Ray Data aside)"),
         ("peak memory", f"driver {f['driver_peak_rss_mib']:.0f} MiB, Ray workers {f['workers_peak_rss_mib']:.0f} MiB"),
         ("object store spill", f"{f['spilled_mib']} MiB"),
     ]

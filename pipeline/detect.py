@@ -254,7 +254,8 @@ class SizeChooser:
         height, width = frame_rgb.shape[:2]
         if d.auto and self.size < d.det_size and pts_s - self.checked_s < RECHECK_S:
             found = d.detect(frame_rgb, turn, self.size)
-            if len(found) + found.too_small >= self.expected and auto_size(found, width, height, d.det_size) <= self.size:
+            kept = len(found) + found.too_small >= self.expected
+            if kept and auto_size(found, width, height, d.det_size) <= self.size:
                 return found, self.size
         found = d.detect(frame_rgb, turn)
         if d.auto:

@@ -52,8 +52,13 @@ class RunSummary:
     frames: int = 0
     faces: int = 0
     wall_s: float = 0.0
-    first_result_s: float | None = None  # from the start of the run to the first scored rows
-    first_result_frames: int = 0  # sampled frames whose segments came with those first rows
+    # where the start's seconds go, each from the start of the run: Ray up, every video probed, the first
+    # scored rows (the actors are up and have done a segment), the first video committed
+    ray_up_s: float | None = None
+    probed_s: float | None = None
+    first_result_s: float | None = None
+    first_commit_s: float | None = None
+    first_result_frames: int = 0  # sampled frames whose segments came with the first scored rows
     small_faces: int = 0  # found but under detector.min_face_px, so not classified
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (skipped path, path analysed instead)
     log: str | None = None  # where this process's own output went (Ray's, FFmpeg's), when it was captured
@@ -203,8 +208,10 @@ class Runner:
 
     def _analyse(self, todo: dict[str, VideoFile]) -> None:
         connect.connect(self.address)
+        self.summary.ray_up_s = time.monotonic() - self.started
         assembler = Assembler()
         segments = self._plan(todo, assembler)
+        self.summary.probed_s = time.monotonic() - self.started
         self.store.write_records(self.run_id, self.records)
         progress = Progress(self.line, len(assembler.open_videos()), sum(len(s.frame_index) for s in segments))
         self.line.show("starting workers", final=True)
@@ -273,11 +280,14 @@ class Runner:
         self.store.write_records(self.run_id, self.records)
         self.store.drop_superseded(completed.video_id, self.run_id)
         self.commits += 1
+        if self.summary.first_commit_s is None:
+            self.summary.first_commit_s = time.monotonic() - self.started
         if self.commits % COMPACT_AT == 0:  # a long run keeps the file count, and so reading, in bounds
             compact(self.store.root)
 
     def _record(self, video_id: str, file: VideoFile, status: str, error: str | None, info: VideoInfo | None = None,
-                sampled: int = 0, faces: int = 0, started_at: datetime | None = None, det_size: int | None = None) -> None:
+                sampled: int = 0, faces: int = 0, started_at: datetime | None = None,
+                det_size: int | None = None) -> None:
         now = _now()
         m, d, c = self.models, self.config.detector, self.config.classifier
         record = {"video_id": video_id, "path": str(file.path), "folder": file.folder, "size_bytes": file.size_bytes,
@@ -298,6 +308,9 @@ class Runner:
         return {
             "run_id": self.run_id, "videos_dir": storage.locate(self.videos_dir).uri, "force": self.force,
             "started_at": started_at, "finished_at": _now(), "wall_s": round(self.summary.wall_s, 3),
+            "start_s": {name: None if value is None else round(value, 3) for name, value in (
+                ("ray_up", self.summary.ray_up_s), ("probed", self.summary.probed_s),
+                ("first_result", self.summary.first_result_s), ("first_commit", self.summary.first_commit_s))},
             "config": self.config.to_dict(), "config_fingerprint": self.models.fingerprint,
             "labels": list(self.models.spec.labels), "counts": self.summary.counts,
             "sampled_frames": self.summary.frames, "faces": self.summary.faces,

@@ -113,6 +113,8 @@ def test_run_record_and_video_records(analysed):
     assert run["counts"] == {"ok": 5, "failed": 0, "skipped": 0}
     assert run["faces"] == len(table(analysed, "faces")) and run["sampled_frames"] == len(table(analysed, "frames"))
     assert run["versions"]["ray"] and run["config"]["sampling"]["fps"] == 5.0
+    start = run["start_s"]  # where the start's seconds went
+    assert 0 < start["ray_up"] <= start["probed"] <= start["first_result"] <= start["first_commit"] <= run["wall_s"]
     videos = records(analysed).to_pandas()
     assert set(videos.status) == {"ok"} and videos.video_id.is_unique
     assert (videos.run_id == run["run_id"]).all() and (videos.decoder == "decord").all()
