@@ -224,10 +224,10 @@ class FaceDetector:
 
 def auto_size(found: Detections, width: int, height: int, full: int = FULL_SIZE) -> int:
     """The smallest detector size (longer side) at which every face found keeps MIN_INPUT_FACE_PX on its
-    shorter side; full where there is no face to go by, or a face needs it."""
+    shorter side (the smallest of all where there is none); full where a face needs it."""
     sides = np.minimum(found.xyxy[:, 2] - found.xyxy[:, 0], found.xyxy[:, 3] - found.xyxy[:, 1])
     if not len(sides):
-        return full
+        return AUTO_SIZES[0]
     smallest = float(sides.min()) / max(width, height)  # as a share of the longer side
     return next((size for size in AUTO_SIZES if size < full and smallest * size >= MIN_INPUT_FACE_PX), full)
 
@@ -236,10 +236,12 @@ class SizeChooser:
     """The detector size for each frame of one segment, in order; det_size auto, else always the full size.
 
     With auto, a frame at full size (the segment's first, and one at least every RECHECK_S) sets the size for
-    the frames after it: the smallest at which its smallest face keeps MIN_INPUT_FACE_PX. A frame at that size
-    is found again at full size, and sets the size anew, when it shows fewer faces than the last full-size
-    frame or a face below MIN_INPUT_FACE_PX. So a face that turns small or is lost is looked for at full size
-    at once; a new small face appears at the next full-size frame, at most RECHECK_S later.
+    the frames after it: the smallest at which its smallest face keeps MIN_INPUT_FACE_PX. A frame without faces
+    keeps the size the segment's last faces needed (the smallest of all where it has shown none), so a face
+    that flickers at the edge of what SCRFD finds keeps full size. A frame at the chosen size is found again at
+    full size, and sets the size anew, when it shows fewer faces than the last full-size frame or a face below
+    MIN_INPUT_FACE_PX. So a face that turns small or is lost is looked for at full size at once, and a new
+    small face appears at the next full-size frame, at most RECHECK_S later.
     """
 
     def __init__(self, detector: FaceDetector) -> None:
@@ -247,6 +249,7 @@ class SizeChooser:
         self.size = detector.det_size  # the size chosen for the next frames
         self.checked_s = -math.inf  # when the last full-size frame was
         self.expected = 0  # faces the last full-size frame showed
+        self.needed = AUTO_SIZES[0]  # the size the last full-size frame with faces chose
 
     def detect(self, frame_rgb: np.ndarray, pts_s: float, turn: int = 0) -> tuple[Detections, int]:
         """The frame's faces, and the size they were found at."""
@@ -259,8 +262,9 @@ class SizeChooser:
                 return found, self.size
         found = d.detect(frame_rgb, turn)
         if d.auto:
-            self.size, self.checked_s = auto_size(found, width, height, d.det_size), pts_s
-            self.expected = len(found) + found.too_small
+            if len(found):
+                self.needed = auto_size(found, width, height, d.det_size)
+            self.size, self.checked_s, self.expected = self.needed, pts_s, len(found) + found.too_small
         return found, d.det_size
 
 

@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 
 from pipeline.detect import (
+    AUTO_SIZES,
     FULL_SIZE,
     MIN_INPUT_FACE_PX,
     RECHECK_S,
@@ -85,7 +86,7 @@ def boxes(*sides: float) -> Detections:
     ((120, 300), 640, 256),  # the smallest face decides
     ((200,), 640, 160),  # the smallest size auto takes
     ((40,), 640, FULL_SIZE), ((64,), 640, 480), ((64,), 1920, FULL_SIZE),  # small faces keep 640
-    ((), 640, FULL_SIZE),  # nothing to go by
+    ((), 640, AUTO_SIZES[0]),  # no face needs more
 ])
 def test_auto_size_keeps_the_smallest_face_at_min_input_face_px(sides, width, expected):
     size = auto_size(boxes(*sides), width, width * 9 // 16)
@@ -134,13 +135,18 @@ def test_auto_keeps_small_faces_at_full_size(shared, clip):
 
 
 def test_auto_looks_at_full_size_at_once_when_a_face_is_lost(shared, clip):
-    """A frame with fewer faces than the last full-size one is found again at full size."""
+    """A frame with fewer faces than the last full-size one is found again at full size; frames without faces
+    then keep the size her face needed, and a frame without faces from the start takes the smallest."""
     frames, pts = clip
     detector = FaceDetector(str(shared / SCRFD))
     chooser = SizeChooser(detector)
     assert chooser.detect(frames[0], 0.0)[1] == FULL_SIZE and chooser.size < FULL_SIZE
+    needed = chooser.size
     blank = np.full_like(frames[1], 90)
     found, size = chooser.detect(blank, 0.2)
-    assert len(found) == 0 and size == FULL_SIZE and chooser.size == FULL_SIZE
+    assert len(found) == 0 and size == FULL_SIZE and chooser.size == needed
+    assert chooser.detect(blank, 0.4)[1] == needed
+    empty = SizeChooser(detector)
+    assert empty.detect(blank, 0.0)[1] == FULL_SIZE and empty.size == AUTO_SIZES[0]
     fixed = SizeChooser(FaceDetector(str(shared / SCRFD), det_size=320))
     assert {fixed.detect(frame, p)[1] for frame, p in zip(frames[:5], pts)} == {320}

@@ -72,13 +72,15 @@ def test_long_video_has_a_face_in_nearly_every_frame_and_cartoon_none(analysed):
 
 def test_det_size_auto_finds_a_large_face_at_a_small_size_and_records_it(analysed):
     """Her face is a third of the frame high: most frames are detected at 256 px or less, a frame a second at
-    640; without a face to go by, every frame of the cartoon is at 640."""
+    640; the cartoon, without faces, is looked at at 640 once a second and at 160 in between."""
     frames = video_rows(analysed, "frames", "WolfgangLanger_Pexels.mp4")
     assert (frames.det_size <= 256).mean() > 0.6 and (frames.det_size == 640).any()
-    assert (video_rows(analysed, "frames", "no_face.mp4").det_size == 640).all()
+    cartoon = video_rows(analysed, "frames", "no_face.mp4").sort_values("pts_s")
+    full = cartoon.pts_s[cartoon.det_size == 640]
+    assert set(cartoon.det_size) == {160, 640} and full.diff().max() <= 1.25
     videos = records(analysed).to_pandas().set_index("path")
     chosen = {Path(path).name: size for path, size in videos.det_size.items()}
-    assert chosen["WolfgangLanger_Pexels.mp4"] <= 256 and chosen["no_face.mp4"] == 640
+    assert chosen["WolfgangLanger_Pexels.mp4"] <= 256 and chosen["no_face.mp4"] == 160
 
 
 def test_timestamps_increase_and_sampling_follows_fps(analysed, test_config):
