@@ -8,7 +8,7 @@ SizeChooser of a segment, and through the detector at 640. A photo is a still cl
 as `fervid run` sees a photo made into a video: its first frame, at full size, chooses the size of the next.
 A face found at full size counts as found by auto where auto has a face overlapping it (IoU at least 0.5);
 for those found below full size, how far auto's keypoints lie from full size's (median, as a share of the
-face's side). The
+face's side), and whether the ViT of ../shared gives the same emotion on the upright crops cut by each. The
 small-face clips are WolfgangLanger_Pexels.mp4 shrunk onto a 1920x1080 frame, to half and a quarter.
 """
 
@@ -23,6 +23,9 @@ import cv2
 import numpy as np
 
 from pipeline.bench import SHARED
+from pipeline.classify import EmotionClassifier
+from pipeline.config import ClassifierConfig
+from pipeline.crop import aligned_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.detect import FULL_SIZE, FaceDetector, SizeChooser
 
@@ -64,12 +67,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
-def compare(detector: FaceDetector, frames: list[np.ndarray], pts: list[float]) -> dict:
+def compare(detector: FaceDetector, classifier: EmotionClassifier, frames: list[np.ndarray], pts: list[float]) -> dict:
     chooser = SizeChooser(detector)
     full_s = auto_s = 0.0
     faces = found = extra = 0
     sizes: Counter = Counter()
     moved: list[float] = []  # keypoint offsets of matched faces, as a share of the face's side
+    same_emotion = []  # per matched face below full size: the same top emotion on both crops
     for frame, pts_s in zip(frames, pts):
         start = time.perf_counter()
         reference = detector.detect(frame)
@@ -81,11 +85,19 @@ def compare(detector: FaceDetector, frames: list[np.ndarray], pts: list[float]) 
         matched = iou(reference.xyxy, auto.xyxy) >= 0.5 if len(reference) and len(auto) else np.zeros((0, 0), bool)
         faces += len(reference)
         found += int(matched.any(axis=1).sum()) if matched.size else 0
-        for i, j in zip(*np.nonzero(matched)) if size < FULL_SIZE else ():
+        pairs = list(zip(*np.nonzero(matched))) if size < FULL_SIZE else []
+        for i, j in pairs:
             side = min(reference.xyxy[i, 2:] - reference.xyxy[i, :2])
             moved.append(float(np.linalg.norm(reference.landmarks[i] - auto.landmarks[j], axis=1).mean() / side))
+        if pairs:
+            i, j = (np.array(k) for k in zip(*pairs))
+            cut = [aligned_crops(frame, points, 0.2, classifier.input_size) for points in
+                   (reference.landmarks[i], auto.landmarks[j])]
+            full_scores, auto_scores = (classifier.predict(c) for c in cut)
+            same_emotion += list(full_scores.argmax(axis=1) == auto_scores.argmax(axis=1))
         extra += len(auto) - (int(matched.any(axis=0).sum()) if matched.size else 0)
     return {"frames": len(frames), "faces": faces, "found": found, "extra": extra, "sizes": sizes, "moved": moved,
+            "same_emotion": same_emotion,
             "full_ms": 1000 * full_s / len(frames), "auto_ms": 1000 * auto_s / len(frames)}
 
 
@@ -94,23 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1, as an actor)")
     args = parser.parse_args(argv)
     detector = FaceDetector(str(SHARED / "models" / "scrfd_500m_bnkps.onnx"), threads=args.threads)
+    classifier = EmotionClassifier.from_config(ClassifierConfig(model=str(SHARED / "models" / "vit-fer-tiny"),
+                                                                device="cpu", actors=0))
     print(f"{'source':<48} {'frames':>6} {'faces at 640':>12} {'found by auto':>13} {'extra':>5} {'keypoints':>9}  "
           f"{'ms/frame 640':>12} {'auto':>6}  sizes chosen (frames)")
     totals = Counter()
-    moved = []
+    moved, same_emotion = [], []
     for name, (frames, pts) in sources().items():
-        r = compare(detector, frames, pts)
+        r = compare(detector, classifier, frames, pts)
         sizes = ", ".join(f"{size}: {n}" for size, n in sorted(r["sizes"].items()))
         offset = f"{100 * np.median(r['moved']):.1f}%" if r["moved"] else "-"
         print(f"{name:<48} {r['frames']:>6} {r['faces']:>12} {r['found']:>13} {r['extra']:>5} {offset:>9}  "
               f"{r['full_ms']:>12.1f} {r['auto_ms']:>6.1f}  {sizes}")
         moved += r["moved"]
+        same_emotion += r["same_emotion"]
         totals.update({key: r[key] for key in ("frames", "faces", "found", "extra")})
         totals.update({"full_s": r["full_ms"] * r["frames"], "auto_s": r["auto_ms"] * r["frames"]})
     print(f"all: {totals['found']} of {totals['faces']} faces found at 640 found by auto "
           f"({100 * totals['found'] / max(totals['faces'], 1):.1f}%), {totals['extra']} extra, keypoints within "
           f"{100 * np.median(moved):.1f}% of the face side (median; 90th percentile "
-          f"{100 * np.percentile(moved, 90):.1f}%); detector "
+          f"{100 * np.percentile(moved, 90):.1f}%), the same top emotion on {100 * np.mean(same_emotion):.1f}% of "
+          f"{len(same_emotion)} faces found below 640; detector "
           f"{totals['full_s'] / totals['frames']:.1f} ms per frame at 640, {totals['auto_s'] / totals['frames']:.1f} "
           f"with auto (full size {FULL_SIZE})")
     return 0

@@ -266,7 +266,8 @@ def print_table(result: dict) -> None:
     rows = [
         ("machine", f"{m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}; ray {m['ray']}, torch {m['torch']}, "
                     f"onnxruntime {m['onnxruntime']}"),
-        ("workload", f"{result['workload']['videos']} videos, {f['frames']} sampled frames, {f['faces']} faces"),
+        ("workload", f"{result['workload']['videos']} videos, {f['frames']} sampled frames, {f['faces']} faces "
+                     f"(the loop found {r['faces']})"),
         ("decode alone (1 worker)", f"{s['decode_frames_per_s']:.1f} frames/s"),
         ("detect alone (1 worker)", f"{s['detect_frames_per_s']:.1f} frames/s"),
         ("classify alone (1 worker)", f"{s['classify_faces_per_s']:.1f} faces/s"),

@@ -34,10 +34,11 @@ REFINE_ROLL_DEG = 20.0  # faces tilted more than this from a quarter turn get th
 AUTO, FULL_SIZE = "auto", 640  # det_size auto: full size is 640, the size SCRFD is trained and exported at
 AUTO_SIZES = (160, 192, 256, 320, 384, 480)  # what auto may choose below full size, smallest first
 # The smallest face's shorter side, in detector-input pixels, that auto keeps. On ../shared's clips and photos
-# every face of 24 px or more at a smaller input was found as at 640; at 48 px and up the keypoints lie a median
-# 2.1% of the face's side from 640's (jobs/bench_det_size.py). At 32 px a face tilted 25 degrees read 5 degrees
-# off (tests/test_quality.py).
-MIN_INPUT_FACE_PX = 48
+# every face of 24 px or more at a smaller input was found as at 640, but keypoints lie further from 640's as
+# faces get smaller, and the crops cut by them with them: the small ViT gave the same top emotion as on 640's
+# crops for 83% of faces at 32-48 px, 86% at 48-64, 93% at 64-96 and 93-95% above (93% between 608 and 640:
+# the model's own sensitivity to a few pixels). At 32 px a face tilted 25 degrees read 5 degrees off.
+MIN_INPUT_FACE_PX = 64
 RECHECK_S = 1.0  # with auto, a frame at full size at least this often (seconds of video): new small faces are found
 
 

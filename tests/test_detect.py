@@ -82,10 +82,10 @@ def boxes(*sides: float) -> Detections:
 
 
 @pytest.mark.parametrize("sides, width, expected", [
-    ((120,), 640, 256),  # 120 px of 640: 48 px at 256, 36 at 192
-    ((120, 300), 640, 256),  # the smallest face decides
-    ((200,), 640, 160),  # the smallest size auto takes
-    ((40,), 640, FULL_SIZE), ((64,), 640, 480), ((64,), 1920, FULL_SIZE),  # small faces keep 640
+    ((120,), 640, 384),  # 120 px of 640: 72 px at 384, 60 at 320
+    ((120, 300), 640, 384),  # the smallest face decides
+    ((200,), 640, 256), ((260,), 640, 160),  # 160: the smallest size auto takes
+    ((40,), 640, FULL_SIZE), ((100,), 640, 480), ((100,), 1920, FULL_SIZE),  # small faces keep 640
     ((), 640, AUTO_SIZES[0]),  # no face needs more
 ])
 def test_auto_size_keeps_the_smallest_face_at_min_input_face_px(sides, width, expected):
