@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.bench import SHARED, make_workload
+from pipeline.bench import SHARED, fused_stage, make_workload
 from pipeline.config import load_config
 from pipeline.decode import VideoInfo, probe
 from pipeline.plan import plan_segments
@@ -31,17 +31,8 @@ _stage = None  # each pool process's stage, built once
 
 
 def _build_stage(config_path: str) -> None:
-    from pipeline.classify import place_classifier
-    from pipeline.models import resolve_classifier, resolve_detector, resolve_recognizer
-    from pipeline.stages import DecodeDetectClassify
-
     global _stage
-    config = load_config(config_path)
-    d, c, i = config.detector, config.classifier, config.identity
-    spec = resolve_classifier(c.model, c.revision)
-    _stage = DecodeDetectClassify(d, resolve_detector(d.model), config.crop, spec.input_size, c, spec,
-                                  place_classifier(c, 0, fused_threads=d.threads), i,
-                                  resolve_recognizer(i.model, d.model))
+    _stage = fused_stage(load_config(config_path))
 
 
 def _probe(path: str) -> tuple[str, VideoInfo]:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from pipeline.detect import AUTO, FULL_SIZE, FaceDetector, SizeChooser
 from pipeline.models import resolve_classifier, resolve_detector
 from pipeline.plan import decode_size, discover
 from pipeline.schema import OK
+
+if TYPE_CHECKING:
+    from pipeline.stages import DecodeDetectClassify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_REPEAT = 8  # about 5 minutes of video: long enough that fervid's fixed start-up is not most of the run
@@ -194,19 +198,28 @@ def _ray_workers_rss() -> Callable[[], int | None]:
     return reading
 
 
+def fused_stage(config: Config) -> DecodeDetectClassify:
+    """The stage a CPU actor holds (every stage of a segment), built from a config in this process (its modules
+    imported here, as an actor imports them)."""
+    from pipeline.classify import place_classifier
+    from pipeline.models import resolve_recognizer
+    from pipeline.stages import DecodeDetectClassify
+
+    d, c, i = config.detector, config.classifier, config.identity
+    spec = resolve_classifier(c.model, c.revision)
+    recognizer = resolve_recognizer(i.model, d.model) if i.enabled else None
+    return DecodeDetectClassify(d, resolve_detector(d.model), config.crop, spec.input_size, c, spec,
+                                place_classifier(c, 0, fused_threads=d.threads), i, recognizer)
+
+
 ACTOR_START = """
 import sys, time
 start = time.perf_counter()
-from pipeline.config import load_config
-from pipeline.models import resolve_classifier, resolve_detector, resolve_recognizer
-from pipeline.classify import place_classifier
 from pipeline.stages import DecodeDetectClassify
 imported = time.perf_counter()
-config = load_config(sys.argv[1])
-d, c, i = config.detector, config.classifier, config.identity
-spec = resolve_classifier(c.model, c.revision)
-DecodeDetectClassify(d, resolve_detector(d.model), config.crop, spec.input_size, c, spec,
-                     place_classifier(c, 0, fused_threads=d.threads), i, resolve_recognizer(i.model, d.model))
+from pipeline.bench import fused_stage
+from pipeline.config import load_config
+fused_stage(load_config(sys.argv[1]))
 print(imported - start, time.perf_counter() - imported)
 """
 
