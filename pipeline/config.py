@@ -42,7 +42,7 @@ class SamplingConfig:
 @dataclass
 class DetectorConfig:
     model: str = "buffalo_l"  # InsightFace pack name, or a path to an SCRFD .onnx
-    det_size: int | str = "auto"  # detector input's longer side, a multiple of 32; auto: per frame, 160-640 by face size
+    det_size: int | str = "auto"  # detector input's longer side, a multiple of 32; auto: per frame by face size
     aspect_fit: bool = True  # det_size on the longer side, the frame's aspect on the other (else a square)
     threshold: float = 0.5
     min_face_px: int = 0  # faces whose shorter box side is below this are dropped
