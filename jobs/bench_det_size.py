@@ -28,6 +28,7 @@ from pipeline.config import ClassifierConfig
 from pipeline.crop import aligned_crops
 from pipeline.decode import probe, read_frames, sample_indices
 from pipeline.detect import FULL_SIZE, FaceDetector, SizeChooser
+from pipeline.track import box_iou
 
 PHOTOS = ("images/faces/dlib", "images/faces/pyfeat")
 STILL_FRAMES = 10
@@ -59,14 +60,6 @@ def _shrunk(frame: np.ndarray, scale: float) -> np.ndarray:
     return canvas
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of two (N, 4) and (M, 4) box arrays."""
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2)
-    area = lambda boxes: (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
 def compare(detector: FaceDetector, classifier: EmotionClassifier, frames: list[np.ndarray], pts: list[float]) -> dict:
     chooser = SizeChooser(detector)
     full_s = auto_s = 0.0
@@ -82,7 +75,7 @@ def compare(detector: FaceDetector, classifier: EmotionClassifier, frames: list[
         auto, size = chooser.detect(frame, pts_s)
         auto_s += time.perf_counter() - start
         sizes[size] += 1
-        matched = iou(reference.xyxy, auto.xyxy) >= 0.5 if len(reference) and len(auto) else np.zeros((0, 0), bool)
+        matched = box_iou(reference.xyxy, auto.xyxy) >= 0.5 if len(reference) and len(auto) else np.zeros((0, 0), bool)
         faces += len(reference)
         found += int(matched.any(axis=1).sum()) if matched.size else 0
         pairs = list(zip(*np.nonzero(matched))) if size < FULL_SIZE else []

@@ -108,7 +108,7 @@ def _associate(tracks: np.ndarray, boxes: np.ndarray, min_iou: float) -> list[tu
     """One-to-one (track, box) pairs maximising total buffered IoU, each pair at min_iou or more."""
     if not len(tracks) or not len(boxes):
         return []
-    similarity = _iou(_buffered(tracks), _buffered(boxes))
+    similarity = box_iou(_buffered(tracks), _buffered(boxes))
     similarity[similarity < min_iou] = 0.0  # below the bar a pair gains nothing, so it never displaces one above
     rows, cols = linear_sum_assignment(similarity, maximize=True)
     return [(int(k), int(r)) for k, r in zip(rows, cols) if similarity[k, r] > 0]
@@ -119,7 +119,7 @@ def _buffered(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2] - BUFFER * size, boxes[:, 2:] + BUFFER * size], axis=1)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) intersection over union of xyxy boxes."""
     low = np.maximum(a[:, None, :2], b[None, :, :2])
     high = np.minimum(a[:, None, 2:], b[None, :, 2:])
