@@ -225,7 +225,7 @@ print(imported - start, time.perf_counter() - imported)
 
 
 def actor_start(config: Config, folder: Path) -> dict:
-    """What a CPU actor's start costs alone, in a fresh process: its imports (without Ray Data's), and its
+    """What a CPU actor's start costs alone, in a fresh process: its imports (without Ray's), and its
     constructor (the detector, classifier and recognizer sessions)."""
     import subprocess
 
@@ -294,7 +294,7 @@ def print_table(result: dict) -> None:
                                    f"rows {f['first_result_s']:.1f}, first video committed {f['first_commit_s']:.1f}"),
         ("first video committed", f"{f['first_commit_s'] - f['ray_up_s']:.1f} s after Ray was up"),
         ("an actor's start alone", f"imports {f['actor_start']['imports_s']:.1f} s, constructor "
-                                   f"{f['actor_start']['constructor_s']:.1f} s (a fresh process, Ray Data aside)"),
+                                   f"{f['actor_start']['constructor_s']:.1f} s (a fresh process, Ray aside)"),
         ("peak memory", f"driver {f['driver_peak_rss_mib']:.0f} MiB, Ray workers {f['workers_peak_rss_mib']:.0f} MiB"),
         ("object store spill", f"{f['spilled_mib']} MiB"),
     ]

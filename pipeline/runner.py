@@ -209,16 +209,20 @@ class Runner:
     def _analyse(self, todo: dict[str, VideoFile]) -> None:
         connect.connect(self.address)
         self.summary.ray_up_s = time.monotonic() - self.started
+        with graph.Analysis(self.config, self.models.detector_path, self.models.spec,
+                            self.models.recognizer_path) as analysis:
+            self._stream(todo, analysis)
+
+    def _stream(self, todo: dict[str, VideoFile], analysis: graph.Analysis) -> None:
         assembler = Assembler()
-        segments = self._plan(todo, assembler)
+        segments = self._plan(todo, assembler, analysis)
         self.summary.probed_s = time.monotonic() - self.started
         self.store.write_records(self.run_id, self.records)
         progress = Progress(self.line, len(assembler.open_videos()), sum(len(s.frame_index) for s in segments))
         self.line.show("starting workers", final=True)
         try:
             if segments:
-                for batch in graph.stream_scores(segments, self.config, self.models.detector_path, self.models.spec,
-                                                 self.models.recognizer_path):
+                for batch in analysis.scores(segments):
                     self._take(batch, assembler, progress)
         except Exception as e:
             if connect.cancelled(e):  # the run itself was cancelled (Ctrl-C over ray://): stopped, not failed
@@ -232,11 +236,11 @@ class Runner:
         for video_id, video in assembler.open_videos().items():  # only reachable if rows went missing
             self._record(video_id, video.file, FAILED, "some segments returned no results", video.info)
 
-    def _plan(self, todo: dict[str, VideoFile], assembler: Assembler) -> list[Segment]:
+    def _plan(self, todo: dict[str, VideoFile], assembler: Assembler, analysis: graph.Analysis) -> list[Segment]:
         """Probe every video (a failed probe fails that video) and cut the rest into segments."""
         by_path = {str(f.path): (video_id, f) for video_id, f in todo.items()}
         segments: list[Segment] = []
-        probes = graph.probe_videos({path: video_id for path, (video_id, _) in by_path.items()})
+        probes = analysis.probe({path: video_id for path, (video_id, _) in by_path.items()})
         for path, result in Steps(self.line, "probing videos", len(by_path)).track(probes):
             video_id, file = by_path[path]
             if isinstance(result, Exception):

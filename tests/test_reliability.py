@@ -160,17 +160,17 @@ def _ok_videos(out: Path) -> int:
 
 
 def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
-    """A decode+detect actor is killed mid-run; Ray restarts it and retries its segment.
+    """A decode+detect+classify actor is killed mid-run; Ray restarts it and its segment is run again.
 
-    The actors classify too (classifier.actors 0), so videos are committed one by one while they work:
-    a separate classifier actor could start so late that every video lands at once, at the very end.
+    classifier.actors 0 (this machine's default), so videos are committed one by one while the actors
+    work: a separate classifier actor could start so late that every video lands at once, at the end.
     """
     out = tmp_path / "results"
     run = _start_run(shared / "videos", out, "classifier.actors=0")
     victims = []
 
     def extract_worker() -> bool:
-        victims[:] = [pid for pid in _pids() if b"DecodeDetect" in _cmdline(pid)]
+        victims[:] = [pid for pid in _pids() if _cmdline(pid).startswith(b"ray::StageActor")]
         return bool(victims) and _ok_videos(out) >= 1
 
     wait_for(extract_worker)
@@ -181,6 +181,42 @@ def test_killed_worker_loses_nothing(shared, analysed, tmp_path):
     expected, got = _content(analysed), _content(out)
     for name in ("faces", "frames"):
         assert got[name].equals(expected[name]), name
+
+
+class _DiesOnVideo:
+    """A stage whose process dies on the video "crash", every time, as it would in a crashing decoder."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch["video_id"][0].as_py() == "crash":
+            os._exit(1)
+        return batch
+
+
+def test_a_segment_that_kills_its_worker_every_time_fails_alone(shared):
+    """The actor pool of the default CPU layout: the other segments come back whole, the crashing one as
+    lost (which fails its video), and the workers go on probing after it."""
+    import ray
+    from ray import cloudpickle
+
+    from pipeline.executor import connect
+    from pipeline.executor.pool import RETRIES, ActorPool
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import the tests
+    connect.connect(None)
+    segments = [{"video_id": name, "segment_index": 0} for name in ("a", "crash", "b", "c")]
+    pool = ActorPool(_DiesOnVideo, {}, 2, {"num_cpus": 0.5})
+    try:
+        lost = lambda segment, why: pa.table({"video_id": [segment["video_id"]], "lost": [why]})  # noqa: E731
+        out = pa.concat_tables(pool.run(segments, lost), promote_options="default").to_pylist()
+        video = shared / "videos" / "single_face.mp4"
+        probed = dict(pool.probe({str(video): "v", str(shared / "README.md"): "w"}))
+    finally:
+        pool.close()
+    assert sorted(r["video_id"] for r in out) == ["a", "b", "c", "crash"]
+    assert [r["lost"] for r in out if r["video_id"] == "crash"] == [f"its worker died {RETRIES + 1} times (a crash in the decoder?)"]
+    assert all(r["lost"] is None for r in out if r["video_id"] != "crash")
+    assert probed[str(video)].frame_count > 0 and isinstance(probed[str(shared / "README.md")], Exception)
+    assert ray.is_initialized()
 
 
 def test_killed_driver_then_rerun_equals_an_uninterrupted_run(shared, analysed, tmp_path):
