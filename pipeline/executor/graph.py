@@ -19,7 +19,7 @@ from pipeline.classify import place_classifier
 from pipeline.config import ClassifierConfig, Config
 from pipeline.decode import VideoInfo
 from pipeline.executor.connect import refuse_ray_client
-from pipeline.executor.pool import ActorPool, probe_local_copy
+from pipeline.executor.pool import ActorPool, probe_error, probe_local_copy
 from pipeline.models import ClassifierSpec
 from pipeline.schema import CLASSIFY_NODE, EXTRACT_NODE, EXTRACT_SCHEMA, Segment
 from pipeline.stages import Classify, DecodeDetectClassify, DecodeDetectCrop, read_image_crops, segment_error_row
@@ -108,10 +108,8 @@ class Analysis:
             path = pending.pop(ready[0])
             try:
                 yield path, ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                yield path, e.cause if isinstance(e.cause, Exception) else e
-            except Exception as e:  # the worker died: a crash inside the decoder
-                yield path, RuntimeError(f"the decoder crashed ({type(e).__name__})")
+            except Exception as e:  # the decoder's error, or the worker died: a crash inside the decoder
+                yield path, probe_error(e)
 
     def scores(self, segments: list[Segment]) -> Iterator[pa.Table]:
         """Run the stages over the segments; yield scored rows as they come out, in any order."""

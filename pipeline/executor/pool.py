@@ -30,6 +30,15 @@ def probe_local_copy(path: str, video_id: str) -> VideoInfo:
     return probe(storage.local_file(path, video_id))
 
 
+def probe_error(error: Exception) -> Exception:
+    """Why a probe gave no VideoInfo: the decoder's own error, or its worker died (a crash inside the decoder)."""
+    import ray
+
+    if isinstance(error, ray.exceptions.RayTaskError):
+        return error.cause if isinstance(error.cause, Exception) else error
+    return RuntimeError(f"the decoder crashed ({type(error).__name__})")
+
+
 class StageActor:
     """One actor: probes videos from the start, builds the stage on its first segment, then runs one per call."""
 
@@ -63,13 +72,8 @@ class ActorPool:
         """(path, VideoInfo or why not) for every video (path -> video_id), in the order they finish."""
         import ray
 
-        def died(path: str, video_id: str, error: Exception) -> Exception:
-            return RuntimeError(f"the decoder crashed ({type(error).__name__})")
-
-        for (path, _), result in self._calls("probe", list(videos.items()), died):
-            if isinstance(result, ray.exceptions.RayTaskError):
-                result = result.cause if isinstance(result.cause, Exception) else result
-            yield path, result
+        for (path, _), result in self._calls("probe", list(videos.items()), lambda path, video_id, e: probe_error(e)):
+            yield path, probe_error(result) if isinstance(result, ray.exceptions.RayTaskError) else result
 
     def run(self, segments: list[dict], lost: Callable[[dict, str], pa.Table]) -> Iterator[pa.Table]:
         """Each segment's rows as they come; lost(segment, why) for a segment whose actor died on every try."""
